@@ -1,0 +1,3 @@
+"""otelgate: a production gateway for AI agents."""
+
+__version__ = "0.1.0"
