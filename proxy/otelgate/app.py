@@ -1,0 +1,212 @@
+"""The aiohttp application: routes, the filter chain, lifecycle, and `serve`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from otelgate import health
+from otelgate.config import Settings
+from otelgate.context import Filter
+from otelgate.errors import GatewayError
+from otelgate.filters.auth import AuthFilter
+from otelgate.health import STATE_KEY
+from otelgate.pipeline import Pipeline
+from otelgate.providers import PROVIDERS, Route
+from otelgate.upstream import Upstream
+
+log = logging.getLogger("otelgate")
+
+# Only these upstream paths are ever forwarded: nothing leaves the gateway that is not accounted for.
+_ROUTES: list[tuple[str, str, Route]] = [
+    ("POST", "/v1/messages", Route("anthropic", "messages", "chat", "/v1/messages", "POST", True)),
+    (
+        "POST",
+        "/v1/messages/count_tokens",
+        Route("anthropic", "count_tokens", "count_tokens", "/v1/messages/count_tokens", "POST", False),
+    ),
+    ("POST", "/v1/chat/completions", Route("openai", "chat_completions", "chat", "/chat/completions", "POST", True)),
+    ("POST", "/v1/responses", Route("openai", "responses", "chat", "/responses", "POST", True)),
+]
+_MODELS = {
+    "anthropic": Route("anthropic", "models", "models", "/v1/models", "GET", False),
+    "openai": Route("openai", "models", "models", "/models", "GET", False),
+}
+
+PIPELINE_KEY: web.AppKey[Pipeline] = web.AppKey("pipeline", Pipeline)
+SETTINGS_KEY: web.AppKey[Settings] = web.AppKey("settings", Settings)
+
+
+def _guess_provider(request: web.Request) -> str:
+    path = request.path
+    if path.startswith("/anthropic/"):
+        return "anthropic"
+    if path.startswith("/openai/"):
+        return "openai"
+    headers = request.headers
+    if "anthropic-version" in headers or "x-api-key" in headers or path.startswith("/v1/messages"):
+        return "anthropic"
+    return "openai"
+
+
+def provider_error(request: web.Request, error: GatewayError, provider: str | None = None) -> web.Response:
+    adapter = PROVIDERS[provider or _guess_provider(request)]
+    return web.Response(
+        status=error.status,
+        body=adapter.encode_error(error),
+        headers={"content-type": "application/json", **error.headers},
+    )
+
+
+def _route_handler(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await request.app[PIPELINE_KEY].handle(request, route)
+
+    return handler
+
+
+def _models_handler(fixed: str | None) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        name = fixed or ("anthropic" if "anthropic-version" in request.headers else "openai")
+        base = _MODELS[name]
+        model_id = request.match_info.get("model_id")
+        route = (
+            base
+            if model_id is None
+            else Route(name, "models", "models", f"{base.upstream_path}/{model_id}", "GET", False)
+        )
+        return await request.app[PIPELINE_KEY].handle(request, route)
+
+    return handler
+
+
+async def _not_found(request: web.Request) -> web.StreamResponse:
+    return provider_error(
+        request,
+        GatewayError("not_found", f"no route for {request.method} {request.path}", reason="not_found"),
+    )
+
+
+@web.middleware
+async def _errors_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPMethodNotAllowed:
+        return provider_error(
+            request,
+            GatewayError("invalid_request", f"method {request.method} is not allowed on {request.path}", status=405),
+        )
+    except web.HTTPNotFound:
+        return await _not_found(request)
+    except web.HTTPException as exc:
+        kind = "too_large" if exc.status == 413 else "invalid_request"
+        return provider_error(request, GatewayError(kind, exc.reason or "bad request", status=exc.status))
+
+
+def build_filters(settings: Settings, telemetry: Any | None) -> list[Filter]:
+    """The chain, in order. Telemetry observes first so its `done` runs last, after cost is known."""
+    filters: list[Filter] = []
+    if telemetry is not None:
+        filters.append(telemetry.filter)
+    filters.append(AuthFilter(settings))
+    return filters
+
+
+def create_app(settings: Settings, *, telemetry: Any | None = None) -> web.Application:
+    app = web.Application(middlewares=[_errors_middleware], client_max_size=settings.server.max_body_bytes)
+    upstreams = {
+        "anthropic": Upstream("anthropic", settings.upstreams.anthropic),
+        "openai": Upstream("openai", settings.upstreams.openai),
+    }
+    pipeline = Pipeline(settings, build_filters(settings, telemetry), upstreams)
+    app[PIPELINE_KEY] = pipeline
+    app[SETTINGS_KEY] = settings
+    app[STATE_KEY] = {"draining": False, "telemetry": telemetry, "upstreams": upstreams}
+
+    for method, path, route in _ROUTES:
+        handler = _route_handler(route)
+        app.router.add_route(method, path, handler)
+        app.router.add_route(method, f"/{route.provider}{path}", handler)
+    app.router.add_get("/v1/models", _models_handler(None), allow_head=False)
+    app.router.add_get("/v1/models/{model_id}", _models_handler(None), allow_head=False)
+    for name in ("anthropic", "openai"):
+        app.router.add_get(f"/{name}/v1/models", _models_handler(name), allow_head=False)
+        app.router.add_get(f"/{name}/v1/models/{{model_id}}", _models_handler(name), allow_head=False)
+    app.router.add_get("/health", health.liveness, allow_head=True)
+    app.router.add_get("/health/deep", health.readiness, allow_head=False)
+    if telemetry is not None:
+        app.router.add_get("/metrics", telemetry.metrics_handler, allow_head=False)
+    app.router.add_route("*", "/{tail:.*}", _not_found)
+
+    async def startup(app: web.Application) -> None:
+        for upstream in upstreams.values():
+            await upstream.start()
+
+    async def cleanup(app: web.Application) -> None:
+        for upstream in upstreams.values():
+            await upstream.close()
+        if telemetry is not None:
+            await telemetry.shutdown()
+
+    app.on_startup.append(startup)
+    app.on_cleanup.append(cleanup)
+    return app
+
+
+def make_telemetry(settings: Settings, **kwargs: Any) -> Any | None:
+    try:
+        from otelgate.telemetry import Telemetry
+    except ImportError:  # pragma: no cover - the telemetry package ships with otelgate
+        return None
+    return Telemetry.from_settings(settings, **kwargs)
+
+
+def runner_for(app: web.Application, settings: Settings) -> web.AppRunner:
+    return web.AppRunner(
+        app,
+        # An agent that disconnects cancels its handler, which cancels the upstream request at once.
+        handler_cancellation=True,
+        shutdown_timeout=settings.server.drain_seconds,
+        max_field_size=settings.server.max_header_bytes,
+        max_line_size=settings.server.max_header_bytes,
+        access_log=None,
+    )
+
+
+async def serve_forever(
+    settings: Settings, *, sock: socket.socket | None = None, ready: Callable[[str], None] | None = None
+) -> None:
+    """Serve until SIGTERM/SIGINT, then drain: stop accepting, let in-flight requests finish up to
+    server.drain_seconds, flush telemetry, return."""
+    telemetry = make_telemetry(settings)
+    app = create_app(settings, telemetry=telemetry)
+    runner = runner_for(app, settings)
+    await runner.setup()
+    if sock is not None:
+        site: web.BaseSite = web.SockSite(runner, sock)
+    else:
+        site = web.TCPSite(runner, settings.server.host, settings.server.port, reuse_port=settings.server.workers > 1)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)
+    address = site.name
+    log.info("otelgate listening on %s (pid %d)", address, os.getpid())
+    if ready is not None:
+        ready(address)
+    await stop.wait()
+    app[STATE_KEY]["draining"] = True
+    log.info("draining: in-flight %d", app[PIPELINE_KEY].inflight)
+    await runner.cleanup()

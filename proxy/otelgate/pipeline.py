@@ -1,0 +1,287 @@
+"""The request pipeline: ingress → validate → filters (policy, budget, telemetry) → upstream → relay → done.
+
+One ``RequestContext`` flows through; each filter owns its part of it. This module is the only one that knows
+the order of the stages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from otelgate.config import Settings
+from otelgate.context import Filter, RequestContext
+from otelgate.errors import GatewayError
+from otelgate.providers import PROVIDERS, Provider, Route
+from otelgate.relay import HOP_BY_HOP, decode_json, relay_stream, response_headers
+from otelgate.upstream import Upstream
+
+log = logging.getLogger("otelgate.pipeline")
+
+SESSION_HEADER = "x-otelgate-session"
+TIMEOUT_HEADER = "x-otelgate-timeout"
+# Headers that steer otelgate itself: consumed here, never sent to the provider.
+_OWN_PREFIX = "x-otelgate-"
+# Encodings the side parser can read; anything else the agent asked for is dropped from accept-encoding so we
+# never relay a body we cannot account for.
+_READABLE_ENCODINGS = ("gzip", "deflate", "identity")
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, filters: Sequence[Filter], upstreams: dict[str, Upstream]) -> None:
+        self.settings = settings
+        self.filters = list(filters)
+        self.upstreams = upstreams
+        # Observers (telemetry) see every request, also the ones refused while parsing: their `request` runs
+        # before ingress, so the fields ingress fills (model, stream, session) are only known in `done`.
+        self._observers = [f for f in self.filters if getattr(f, "observer", False) and hasattr(f, "request")]
+        self._request_hooks = [
+            f for f in self.filters if hasattr(f, "request") and not getattr(f, "observer", False)
+        ]
+        self._response_hooks = [f for f in self.filters if hasattr(f, "response")]
+        self.inflight = 0
+
+    async def handle(self, request: web.Request, route: Route) -> web.StreamResponse:
+        provider = PROVIDERS[route.provider]
+        ctx = RequestContext(request=request, provider=provider, route=route, request_id=uuid.uuid4().hex)
+        ran: list[Filter] = []
+        self.inflight += 1
+        try:
+            try:
+                for stage in self._observers:
+                    ran.append(stage)
+                    await stage.request(ctx)
+                await self._ingress(ctx)
+                for stage in self._request_hooks:
+                    ran.append(stage)
+                    await stage.request(ctx)
+                return await self._exchange(ctx)
+            except GatewayError as error:
+                if ctx.outcome == "ok":
+                    ctx.outcome = "rejected"
+                    ctx.rejected_reason = error.reason
+                return self._error_response(ctx, error)
+            except asyncio.CancelledError:
+                ctx.outcome = "client_disconnected"
+                raise
+            except ConnectionResetError:
+                ctx.outcome = "client_disconnected"
+                raise
+            except Exception:
+                log.exception("unexpected error handling %s %s", request.method, request.path)
+                ctx.outcome = "gateway_error"
+                return self._error_response(ctx, GatewayError("api_error", "internal gateway error", status=500))
+        finally:
+            self.inflight -= 1
+            if ran:
+                # Shielded: settlement and telemetry must complete even when the agent went away.
+                await asyncio.shield(self._done(ctx, ran))
+
+    async def _done(self, ctx: RequestContext, ran: list[Filter]) -> None:
+        for stage in reversed(ran):
+            done = getattr(stage, "done", None)
+            if done is None:
+                continue
+            try:
+                await done(ctx)
+            except Exception:
+                log.exception("filter %s failed in done()", getattr(stage, "name", stage))
+
+    async def _ingress(self, ctx: RequestContext) -> None:
+        request = ctx.request
+        server = self.settings.server
+        if request.content_length is not None and request.content_length > server.max_body_bytes:
+            raise GatewayError(
+                "too_large", f"request body of {request.content_length} bytes exceeds the limit of "
+                f"{server.max_body_bytes} bytes", reason="too_large"
+            )
+        if request.method in ("POST", "PUT", "PATCH"):
+            ctx.body = await _read_limited(request, server.max_body_bytes)
+        upstream = self.upstreams[ctx.provider.name]
+        total = upstream.config.timeouts.total
+        asked = request.headers.get(TIMEOUT_HEADER)
+        if asked is not None:
+            try:
+                value = float(asked)
+            except ValueError:
+                raise GatewayError("invalid_request", f"{TIMEOUT_HEADER}: must be a number of seconds") from None
+            if value <= 0:
+                raise GatewayError("invalid_request", f"{TIMEOUT_HEADER}: must be positive")
+            total = min(total, value)  # may shorten, never lengthen
+        ctx.deadline = time.monotonic() + total
+        if not ctx.route.generates and ctx.route.kind != "count_tokens":
+            return
+        content_type = request.content_type
+        if content_type not in ("application/json", "") and not content_type.endswith("+json"):
+            raise GatewayError("invalid_request", f"content-type must be application/json, not {content_type}")
+        ctx.json = _parse_json(ctx.body, server.max_json_depth)
+        messages = ctx.json.get("messages")
+        if isinstance(messages, list) and len(messages) > server.max_messages:
+            raise GatewayError(
+                "invalid_request", f"messages: {len(messages)} messages exceed the limit of {server.max_messages}"
+            )
+        ctx.model, ctx.stream, ctx.max_tokens = ctx.provider.parse_request(ctx.json, ctx.route)
+        ctx.served_model = ctx.model
+        if ctx.route.generates:
+            self._session(ctx, ctx.provider)
+            ctx.tool_results = ctx.provider.tool_results(ctx.json)
+
+    def _session(self, ctx: RequestContext, provider: Provider) -> None:
+        assert ctx.json is not None
+        header = ctx.request.headers.get(SESSION_HEADER)
+        if header:
+            ctx.session_id, ctx.session_source = header[:200], "header"
+            return
+        hint = provider.session_hint(ctx.json)
+        if hint:
+            ctx.session_id, ctx.session_source = hint[:200], "metadata"
+            return
+        seed = provider.conversation_seed(ctx.json)
+        if seed:
+            # The first messages of a conversation stay the same on every turn of an agent loop.
+            ctx.session_id = "conv-" + hashlib.sha256(seed.encode()).hexdigest()[:16]
+            ctx.session_source = "hash"
+
+    def _upstream_headers(self, ctx: RequestContext) -> CIMultiDict[str]:
+        incoming = ctx.request.headers
+        connection_tokens = {t.strip().lower() for t in incoming.get("connection", "").split(",") if t.strip()}
+        headers: CIMultiDict[str] = CIMultiDict()
+        for name, value in incoming.items():
+            lower = name.lower()
+            if (
+                lower in HOP_BY_HOP
+                or lower in connection_tokens
+                or lower in ("host", "content-length")
+                or lower.startswith(_OWN_PREFIX)
+            ):
+                continue
+            if lower == "accept-encoding":
+                value = _readable_encodings(value)
+                if not value:
+                    continue
+            headers.add(name, value)
+        principal = ctx.principal
+        if principal is not None and principal.upstream_auth is not None:
+            for header in ctx.provider.auth_headers:
+                headers.popall(header, None)
+            name, value = principal.upstream_auth
+            headers[name] = value
+        for name, value in ctx.trace_headers.items():
+            headers[name] = value
+        return headers
+
+    async def _exchange(self, ctx: RequestContext) -> web.StreamResponse:
+        upstream = self.upstreams[ctx.provider.name]
+        body = ctx.body
+        if ctx.body_modified and ctx.json is not None:
+            body = json.dumps(ctx.json, ensure_ascii=False, separators=(",", ":")).encode()
+        path = ctx.route.upstream_path
+        if ctx.request.query_string:
+            path += "?" + ctx.request.query_string
+        headers = self._upstream_headers(ctx)
+        reply = await upstream.send(ctx, path, headers, body, read_body=not ctx.stream)
+        ctx.result.status = reply.status
+        if reply.gave_up and upstream.config.retry.disable_client_retries:
+            ctx.response_headers["x-should-retry"] = "false"
+        if ctx.fallback:
+            ctx.response_headers["x-otelgate-fallback"] = ctx.fallback
+        out_headers = response_headers(reply.headers, ctx)
+        if reply.body is None and reply.response is not None:
+            content_type = reply.response.headers.get("content-type", "")
+            if "text/event-stream" in content_type:
+                ctx.status = reply.status
+                try:
+                    return await relay_stream(
+                        ctx, ctx.request, reply.response, out_headers, upstream.config.timeouts.idle
+                    )
+                finally:
+                    reply.response.close()
+            # Asked to stream but the upstream answered with a whole body: read it and treat it as one.
+            reply.body = await reply.response.read()
+            reply.response.release()
+        assert reply.body is not None
+        ctx.status = reply.status
+        if reply.status >= 400:
+            ctx.outcome = "upstream_error"
+            data = decode_json(reply.body, reply.headers.get("content-encoding"))
+            error = data.get("error") if data else None
+            ctx.result.error_type = str(error.get("type")) if isinstance(error, dict) else str(reply.status)
+        elif ctx.route.generates:
+            data = decode_json(reply.body, reply.headers.get("content-encoding"))
+            if data is not None:
+                ctx.provider.parse_response(data, ctx.route, ctx.result)
+                for stage in self._response_hooks:
+                    stage.response(ctx, data)
+        return web.Response(status=reply.status, body=reply.body, headers=out_headers)
+
+    def _error_response(self, ctx: RequestContext, error: GatewayError) -> web.Response:
+        ctx.status = error.status
+        if ctx.rejected_reason is None and ctx.outcome in ("ok", "rejected"):
+            ctx.rejected_reason = error.reason
+        headers = {"content-type": "application/json", **error.headers}
+        if ctx.provider.name == "anthropic":
+            headers.setdefault("x-should-retry", "true" if error.status in (429, 503, 529) else "false")
+        return web.Response(status=error.status, body=ctx.provider.encode_error(error), headers=headers)
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise GatewayError(
+                "too_large", f"request body exceeds the limit of {limit} bytes", reason="too_large"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_json(body: bytes, max_depth: int) -> dict[str, Any]:
+    if not body:
+        raise GatewayError("invalid_request", "request body is empty; expected a JSON object")
+    try:
+        data = json.loads(body)
+    except RecursionError:
+        raise GatewayError("invalid_request", f"JSON nested deeper than {max_depth} levels") from None
+    except UnicodeDecodeError:
+        raise GatewayError("invalid_request", "request body is not valid UTF-8") from None
+    except ValueError as exc:
+        raise GatewayError("invalid_request", f"request body is not valid JSON: {exc.args[0][:120]}") from None
+    if not isinstance(data, dict):
+        raise GatewayError("invalid_request", "request body must be a JSON object")
+    if _depth_exceeds(data, max_depth):
+        raise GatewayError("invalid_request", f"JSON nested deeper than {max_depth} levels")
+    return data
+
+
+def _depth_exceeds(node: Any, limit: int) -> bool:
+    # Iterative and early-exiting; typical bodies are 5-8 levels deep.
+    stack: list[tuple[Any, int]] = [(node, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(value, dict):
+            stack.extend((child, depth + 1) for child in value.values() if isinstance(child, dict | list))
+        elif isinstance(value, list):
+            stack.extend((child, depth + 1) for child in value if isinstance(child, dict | list))
+    return False
+
+
+def _readable_encodings(value: str) -> str:
+    kept = []
+    for part in value.split(","):
+        token = part.split(";")[0].strip().lower()
+        if token in _READABLE_ENCODINGS:
+            kept.append(part.strip())
+    return ", ".join(kept)

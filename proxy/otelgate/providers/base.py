@@ -1,0 +1,146 @@
+"""What a provider adapter knows: the protocol (routes, request fields, response usage, error shapes, SSE
+events), never the policy. Each adapter is stateless; per-stream state lives in its StreamParser."""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from otelgate.context import Result, ToolResult
+from otelgate.errors import ErrorKind, GatewayError
+
+TextLocation = Literal["user", "tool_result", "system", "documents"]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    provider: str  # "anthropic" | "openai"
+    kind: str  # messages | count_tokens | models | chat_completions | responses
+    operation: str  # gen_ai.operation.name, or the route kind for non-generating routes
+    upstream_path: str  # appended to the upstream base URL
+    method: str
+    generates: bool  # an LLM call: billed, screened, limited
+
+
+@dataclass(slots=True)
+class TextRef:
+    """A piece of text inside a request body and where it sits, so a policy can read or replace it."""
+
+    location: TextLocation
+    container: dict[str, Any] | list[Any]
+    key: str | int
+    tool_call_id: str | None = None
+
+    @property
+    def text(self) -> str:
+        return self.container[self.key]  # type: ignore[index]
+
+    def replace(self, text: str) -> None:
+        self.container[self.key] = text  # type: ignore[index]
+
+
+class StreamParser(ABC):
+    """Reads an upstream SSE stream on the side: usage, ids, finish reasons, tool calls, first chunk."""
+
+    def __init__(self, result: Result) -> None:
+        self.result = result
+
+    @abstractmethod
+    def feed(self, chunk: bytes) -> None:
+        """Consume bytes as relayed. Raises SSEError on a malformed stream."""
+
+    @property
+    @abstractmethod
+    def at_boundary(self) -> bool:
+        """No partial event pending."""
+
+    @property
+    @abstractmethod
+    def complete(self) -> bool:
+        """The stream reached its protocol-level end (message_stop / [DONE] / response.completed)."""
+
+
+class Provider(ABC):
+    name: str
+    # Header names that carry the agent's credential for this provider.
+    auth_headers: tuple[str, ...]
+
+    @abstractmethod
+    def parse_request(self, body: dict[str, Any], route: Route) -> tuple[str, bool, int | None]:
+        """Validate the fields the gateway relies on; return (model, stream, max_tokens). Unknown fields pass
+        through untouched. Raises GatewayError(invalid_request) naming the field."""
+
+    @abstractmethod
+    def set_max_tokens(self, body: dict[str, Any], route: Route, value: int) -> None: ...
+
+    @abstractmethod
+    def session_hint(self, body: dict[str, Any]) -> str | None:
+        """An agent-run id the caller put in the body (Anthropic metadata.user_id, OpenAI user)."""
+
+    @abstractmethod
+    def conversation_seed(self, body: dict[str, Any]) -> str | None:
+        """Stable text identifying a conversation: its system prompt and first user message."""
+
+    @abstractmethod
+    def tool_results(self, body: dict[str, Any]) -> list[ToolResult]:
+        """Tool results the request brings back (the answers to the previous response's tool calls)."""
+
+    @abstractmethod
+    def texts(self, body: dict[str, Any], locations: frozenset[str]) -> Iterator[TextRef]:
+        """Every text of the requested locations, for screening and redaction."""
+
+    @abstractmethod
+    def tool_names(self, body: dict[str, Any]) -> list[str]: ...
+
+    @abstractmethod
+    def remove_tools(self, body: dict[str, Any], names: set[str]) -> None: ...
+
+    @abstractmethod
+    def parse_response(self, body: dict[str, Any], route: Route, result: Result) -> None: ...
+
+    @abstractmethod
+    def stream_parser(self, route: Route, result: Result) -> StreamParser: ...
+
+    @abstractmethod
+    def error_body(self, error: GatewayError) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def stream_error_event(self, kind: ErrorKind, message: str) -> bytes:
+        """A well-formed error event that ends a broken stream, so the SDK raises instead of returning a
+        truncated answer as if it were complete."""
+
+    def upstream_auth(self, api_key: str) -> tuple[str, str]:
+        return ("authorization", f"Bearer {api_key}")
+
+    def encode_error(self, error: GatewayError) -> bytes:
+        return json.dumps(self.error_body(error)).encode()
+
+
+def require(body: dict[str, Any], field: str, kind: type | tuple[type, ...], what: str) -> Any:
+    value = body.get(field)
+    if value is None:
+        raise GatewayError("invalid_request", f"{field}: field required")
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise GatewayError("invalid_request", f"{field}: must be {what}")
+    return value
+
+
+def optional_int(body: dict[str, Any], field: str) -> int | None:
+    value = body.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise GatewayError("invalid_request", f"{field}: must be a positive integer")
+    return value
+
+
+def optional_bool(body: dict[str, Any], field: str) -> bool:
+    value = body.get(field, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise GatewayError("invalid_request", f"{field}: must be a boolean")
+    return value

@@ -1,0 +1,112 @@
+"""Run a real otelgate (the same app `otelgate serve` runs) on a free loopback port for tests.
+
+    async with gateway({"upstreams": {...}}, sim) as gw:      # in an async test
+        client = anthropic.AsyncAnthropic(base_url=gw.url, api_key="sk-test")
+
+    with gateway_thread(settings, sim) as gw:                 # for sync SDK clients: own loop in a thread
+        client = anthropic.Anthropic(base_url=gw.url, api_key="sk-test")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from otelgate.app import PIPELINE_KEY, create_app, make_telemetry, runner_for
+from otelgate.config import Settings
+
+
+def settings_for(config: dict[str, Any] | Settings | None = None, sim: Any = None, **overrides: Any) -> Settings:
+    """Settings pointing both upstreams at the sim, with test-friendly defaults (small retry delays, a store in
+    memory-backed temp file chosen by the caller)."""
+    if isinstance(config, Settings):
+        return config
+    data: dict[str, Any] = {"server": {"port": 0}}
+    if sim is not None:
+        data["upstreams"] = {
+            "anthropic": {"base_url": sim.url, "retry": {"base_delay": 0.01, "max_delay": 0.05}},
+            "openai": {"base_url": sim.openai_base_url, "retry": {"base_delay": 0.01, "max_delay": 0.05}},
+        }
+    _merge(data, config or {})
+    _merge(data, overrides)
+    return Settings(**data)
+
+
+def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+@dataclass
+class Gateway:
+    url: str
+    app: web.Application
+    settings: Settings
+    telemetry: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def openai_url(self) -> str:
+        return self.url + "/v1"
+
+    @property
+    def inflight(self) -> int:
+        return self.app[PIPELINE_KEY].inflight
+
+
+@contextlib.asynccontextmanager
+async def gateway(
+    config: dict[str, Any] | Settings | None = None, sim: Any = None, *, telemetry: Any = "default", **kw: Any
+) -> AsyncIterator[Gateway]:
+    settings = settings_for(config, sim)
+    tel = make_telemetry(settings, **kw) if telemetry == "default" else telemetry
+    app = create_app(settings, telemetry=tel)
+    runner = runner_for(app, settings)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield Gateway(f"http://127.0.0.1:{port}", app, settings, tel)
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.contextmanager
+def gateway_thread(config: dict[str, Any] | Settings | None = None, sim: Any = None, **kw: Any) -> Iterator[Gateway]:
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    holder: dict[str, Any] = {}
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        try:
+            async with gateway(config, sim, **kw) as gw:
+                holder["gw"] = gw
+                started.set()
+                await stop.wait()
+        except BaseException as exc:  # surface startup failures to the test thread
+            holder["error"] = exc
+            started.set()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    if not started.wait(30):
+        raise RuntimeError("gateway did not start within 30 s")
+    if "error" in holder:
+        raise holder["error"]
+    try:
+        yield holder["gw"]
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(30)
+        loop.close()
