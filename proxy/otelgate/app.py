@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import os
-import signal
-import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -122,13 +117,15 @@ def build_filters(settings: Settings, telemetry: Any | None) -> list[Filter]:
     return filters
 
 
-def create_app(settings: Settings, *, telemetry: Any | None = None) -> web.Application:
+def create_app(
+    settings: Settings, *, telemetry: Any | None = None, extra_filters: Sequence[Filter] = ()
+) -> web.Application:
     app = web.Application(middlewares=[_errors_middleware], client_max_size=settings.server.max_body_bytes)
     upstreams = {
         "anthropic": Upstream("anthropic", settings.upstreams.anthropic),
         "openai": Upstream("openai", settings.upstreams.openai),
     }
-    pipeline = Pipeline(settings, build_filters(settings, telemetry), upstreams)
+    pipeline = Pipeline(settings, [*build_filters(settings, telemetry), *extra_filters], upstreams)
     app[PIPELINE_KEY] = pipeline
     app[SETTINGS_KEY] = settings
     app[STATE_KEY] = {"draining": False, "telemetry": telemetry, "upstreams": upstreams}
@@ -181,32 +178,3 @@ def runner_for(app: web.Application, settings: Settings) -> web.AppRunner:
         max_line_size=settings.server.max_header_bytes,
         access_log=None,
     )
-
-
-async def serve_forever(
-    settings: Settings, *, sock: socket.socket | None = None, ready: Callable[[str], None] | None = None
-) -> None:
-    """Serve until SIGTERM/SIGINT, then drain: stop accepting, let in-flight requests finish up to
-    server.drain_seconds, flush telemetry, return."""
-    telemetry = make_telemetry(settings)
-    app = create_app(settings, telemetry=telemetry)
-    runner = runner_for(app, settings)
-    await runner.setup()
-    if sock is not None:
-        site: web.BaseSite = web.SockSite(runner, sock)
-    else:
-        site = web.TCPSite(runner, settings.server.host, settings.server.port, reuse_port=settings.server.workers > 1)
-    await site.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(signum, stop.set)
-    address = site.name
-    log.info("otelgate listening on %s (pid %d)", address, os.getpid())
-    if ready is not None:
-        ready(address)
-    await stop.wait()
-    app[STATE_KEY]["draining"] = True
-    log.info("draining: in-flight %d", app[PIPELINE_KEY].inflight)
-    await runner.cleanup()
