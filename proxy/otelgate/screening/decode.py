@@ -1,0 +1,125 @@
+"""Find encoded payloads (base64, hex, URL encoding, rot13) inside a text and decode them so the rules can
+scan what the model would read. Bounded: at most MAX_DEPTH levels of nesting, MAX_SEGMENTS payloads and
+MAX_DECODED_CHARS decoded characters per message, so a crafted input cannot make screening expensive.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote_plus
+
+MAX_DEPTH = 3
+MAX_SEGMENTS = 16
+MAX_DECODED_CHARS = 16384
+
+_B64_RE = re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{16,}={0,2}")
+_HEX_RE = re.compile(r"(?:\\x[0-9a-fA-F]{2}){6,}|(?<![0-9a-fA-F])(?:[0-9a-fA-F]{2}[ :]?){8,}(?![0-9a-fA-F])")
+_URL_RE = re.compile(r"\S*(?:%[0-9a-fA-F]{2}\S*){3,}")
+# rot13 of words that carry injections (ignore, previous, instructions, system, prompt, disregard, forget,
+# reveal, password, secret) — spotting one is what justifies decoding the whole text.
+_ROT13_HINT_RE = re.compile(
+    r"\b(?:vtaber|cerivbhf|vafgehpgvbaf?|flfgrz|cebzcg|qvfertneq|sbetrg|erirny|cnffjbeq|frperg|ebg13|ebg 13)\b"
+)
+_ROT13_NAMED_RE = re.compile(r"\brot ?13\b")
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    kind: str  # base64 | hex | url | rot13
+    text: str
+    depth: int
+
+
+def _printable_text(data: bytes) -> str | None:
+    """The bytes as text if they look like language, not binary noise (hashes and ids decode to noise)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if len(text) < 4:
+        return None
+    printable = sum(ch.isprintable() or ch in "\n\r\t" for ch in text)
+    letters = sum(ch.isalpha() for ch in text)
+    if printable < 0.95 * len(text) or letters < 0.5 * len(text) or " " not in text.strip():
+        return None
+    return text
+
+
+def _b64(segment: str) -> str | None:
+    s = segment.rstrip("=")
+    if len(s) % 4 == 1:
+        return None
+    # Mixed-case letters and/or digits: plain words and snake_case identifiers are not base64.
+    if s.isalpha() and (s.islower() or s.isupper()):
+        return None
+    padded = s + "=" * (-len(s) % 4)
+    try:
+        if "-" in s or "_" in s:
+            data = base64.urlsafe_b64decode(padded)
+        else:
+            data = base64.b64decode(padded, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return _printable_text(data)
+
+
+def _hex(segment: str) -> str | None:
+    digits = re.sub(r"\\x|[ :]", "", segment)
+    if len(digits) % 2:
+        digits = digits[:-1]
+    try:
+        return _printable_text(bytes.fromhex(digits))
+    except ValueError:
+        return None
+
+
+def _candidates(text: str, words: str) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    for m in _B64_RE.finditer(text):
+        decoded = _b64(m.group(0))
+        if decoded:
+            found.append(("base64", decoded))
+    for m in _HEX_RE.finditer(text):
+        decoded = _hex(m.group(0))
+        if decoded:
+            found.append(("hex", decoded))
+    if "%" in text:
+        for m in _URL_RE.finditer(text):
+            decoded = unquote_plus(m.group(0))
+            if decoded != m.group(0):
+                found.append(("url", decoded))
+    if _ROT13_HINT_RE.search(words) or _ROT13_NAMED_RE.search(words):
+        found.append(("rot13", codecs.encode(text, "rot13")))
+    return found
+
+
+def decode_payloads(text: str, words: str | None = None) -> list[Decoded]:
+    """Every decodable payload in ``text``, nested ones included (breadth first, bounded).
+
+    ``words`` is the normalised words view of ``text`` if the caller has it (saves recomputing it); it is only
+    used to spot rot13 hints.
+    """
+    from otelgate.screening.normalize import normalize
+
+    out: list[Decoded] = []
+    budget = MAX_DECODED_CHARS
+    frontier: list[tuple[str, str]] = [(text, words if words is not None else normalize(text).words)]
+    for depth in range(1, MAX_DEPTH + 1):
+        nxt: list[tuple[str, str]] = []
+        for src, src_words in frontier:
+            for kind, decoded in _candidates(src, src_words):
+                if len(out) >= MAX_SEGMENTS or budget <= 0:
+                    return out
+                decoded = decoded[:budget]
+                budget -= len(decoded)
+                out.append(Decoded(kind, decoded, depth))
+                if kind != "rot13":  # rot13 of rot13 is the original text
+                    nxt.append((decoded, normalize(decoded).words))
+        frontier = nxt
+        if not frontier:
+            break
+    return out

@@ -1,0 +1,275 @@
+"""The screening engine: rule packs + a small classifier -> a Verdict for a piece of text.
+
+Evidence combines as a noisy-or: each matching rule contributes its weight w (the probability that this
+evidence alone means an injection), the classifier contributes its calibrated probability, and
+score = 1 - prod(1 - w_i). ``flagged`` is ``score >= threshold``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from otelgate.screening.decode import Decoded, decode_payloads
+from otelgate.screening.model import InjectionModel, load_model
+from otelgate.screening.normalize import Normalized, normalize
+
+REDACTION = "[otelgate: removed suspected prompt injection]"
+MODEL_RULE_ID = "model:injection"
+# Text beyond this many characters is not scanned; a longer text is flagged (fail closed, rule LIMIT_RULE_ID)
+# because an unscanned tail could hide anything. 256 KiB scans in tens of milliseconds.
+MAX_SCAN_CHARS = 256 * 1024
+LIMIT_RULE_ID = "limit:too_long"
+# The classifier's probability p counts as evidence MODEL_SCALE * max(0, p - MODEL_FLOOR) / (1 - MODEL_FLOOR):
+# below the floor it says nothing (it is a weaker judge than a rule on hard benign text), above it it rises to
+# MODEL_SCALE, so a confident model alone flags and a hesitant one only tips a weak rule over the threshold.
+MODEL_FLOOR = 0.5
+MODEL_SCALE = 0.9
+# Weight of the evidence "this text carried an encoded payload in which rules matched", and of text hidden in
+# Unicode tag characters (invisible to a human reviewer, read by the model).
+DECODED_WEIGHT = 0.3
+HIDDEN_TAGS_WEIGHT = 0.6
+_HIDDEN_MIN_CHARS = 8  # flag emoji (England, Scotland) use a few tag letters legitimately
+
+_RULE_KEYS = {"id", "category", "patterns", "weight", "languages", "keywords", "view", "description"}
+_VIEWS = ("words", "folded")
+_SENTENCE_SPLIT_RE = re.compile(r"(?<=[.!?。！？])\s+|\n+")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    id: str
+    category: str
+    weight: float
+    languages: tuple[str, ...]
+    patterns: tuple[re.Pattern[str], ...]
+    view: str
+    # Whole tokens, and 4-character prefixes (from keywords written "stem*"), of which at least one must occur
+    # in the words view for the rule to run: a cheap pre-filter that keeps most regexes off most texts.
+    keywords: frozenset[str]
+    prefixes: frozenset[str]
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    flagged: bool
+    score: float
+    rules: tuple[str, ...]
+    categories: tuple[str, ...]
+
+    def as_dict(self, action: str) -> dict[str, Any]:
+        return {"flagged": self.flagged, "action": action, "rules": list(self.rules), "score": round(self.score, 3)}
+
+
+# ------------------------------------------------------------------------------------------------ pack loading
+
+
+def _rule_from_dict(raw: Any, source: str, index: int) -> Rule:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source}: rule #{index}: must be a mapping, got {type(raw).__name__}")
+    rid = raw.get("id")
+    where = f"{source}: rule {rid!r}" if isinstance(rid, str) and rid else f"{source}: rule #{index}"
+    if not isinstance(rid, str) or not rid:
+        raise ValueError(f"{where}: 'id' must be a non-empty string")
+    unknown = set(raw) - _RULE_KEYS
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}")
+    category = raw.get("category")
+    if not isinstance(category, str) or not category:
+        raise ValueError(f"{where}: 'category' must be a non-empty string")
+    weight = raw.get("weight", 0.5)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 < weight <= 1.0:
+        raise ValueError(f"{where}: 'weight' must be a number in (0, 1], got {weight!r}")
+    patterns = raw.get("patterns")
+    if not isinstance(patterns, list) or not patterns or not all(isinstance(p, str) for p in patterns):
+        raise ValueError(f"{where}: 'patterns' must be a non-empty list of regex strings")
+    compiled = []
+    for p in patterns:
+        try:
+            compiled.append(re.compile(p))
+        except re.error as exc:
+            raise ValueError(f"{where}: bad pattern {p!r}: {exc}") from exc
+    languages = raw.get("languages", ["any"])
+    if not isinstance(languages, list) or not all(isinstance(x, str) for x in languages):
+        raise ValueError(f"{where}: 'languages' must be a list of language codes")
+    view = raw.get("view", "words")
+    if view not in _VIEWS:
+        raise ValueError(f"{where}: 'view' must be one of {_VIEWS}, got {view!r}")
+    keywords = raw.get("keywords", [])
+    if not isinstance(keywords, list) or not all(isinstance(k, str) and k for k in keywords):
+        raise ValueError(f"{where}: 'keywords' must be a list of non-empty strings")
+    whole = frozenset(k.lower() for k in keywords if not k.endswith("*"))
+    prefixes = frozenset(k.lower().rstrip("*")[:4] for k in keywords if k.endswith("*"))
+    return Rule(rid, category, float(weight), tuple(languages), tuple(compiled), view, whole, prefixes, source)
+
+
+def load_pack_file(path: Path, source: str | None = None) -> list[Rule]:
+    source = source or str(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{source}: cannot read rule pack: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("rules"), list):
+        raise ValueError(f"{source}: a rule pack is a mapping with a 'rules' list")
+    return [_rule_from_dict(r, source, i) for i, r in enumerate(data["rules"])]
+
+
+def load_packs(packs: Iterable[str]) -> list[Rule]:
+    """Rules of the named packs: "builtin" (every YAML shipped in screening/rules) or a path to a YAML file or
+    a directory of them. Duplicate rule ids across packs are an error."""
+    rules: list[Rule] = []
+    for pack in packs:
+        if pack == "builtin":
+            folder = resources.files("otelgate.screening").joinpath("rules")
+            for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+                if entry.name.endswith((".yaml", ".yml")):
+                    rules.extend(load_pack_file(Path(str(entry)), f"builtin:{entry.name}"))
+            continue
+        path = Path(pack)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml"))
+            if not files:
+                raise ValueError(f"{path}: rule pack directory holds no .yaml files")
+            for f in files:
+                rules.extend(load_pack_file(f))
+        elif path.is_file():
+            rules.extend(load_pack_file(path))
+        else:
+            raise ValueError(f"{pack}: no such rule pack (expected 'builtin' or a YAML file or directory)")
+    seen: dict[str, str] = {}
+    for r in rules:
+        if r.id in seen:
+            raise ValueError(f"{r.source}: rule {r.id!r}: duplicate id (also in {seen[r.id]})")
+        seen[r.id] = r.source
+    return rules
+
+
+# ------------------------------------------------------------------------------------------------ the screener
+
+
+class Screener:
+    """Immutable after construction, so one instance is safely shared by every request and thread."""
+
+    def __init__(self, rules: Sequence[Rule], *, threshold: float = 0.5, model: InjectionModel | None = None,
+                 languages: Iterable[str] | None = None, max_scan_chars: int = MAX_SCAN_CHARS) -> None:
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+        wanted = None if languages is None else {x.lower() for x in languages}
+        self.rules: tuple[Rule, ...] = tuple(
+            r for r in rules if wanted is None or "any" in r.languages or wanted & set(r.languages)
+        )
+        self.threshold = threshold
+        self.model = model
+        self.max_scan_chars = max_scan_chars
+        self._always = tuple(r for r in self.rules if not r.keywords and not r.prefixes)
+        self._gated = tuple(r for r in self.rules if r.keywords or r.prefixes)
+
+    @classmethod
+    def from_packs(cls, packs: Sequence[str] = ("builtin",), threshold: float = 0.5, *, use_model: bool = True,
+                   languages: Iterable[str] | None = None) -> Screener:
+        return cls(load_packs(packs), threshold=threshold, model=load_model() if use_model else None,
+                   languages=languages)
+
+    # -- matching
+
+    def _matching_rules(self, norm: Normalized) -> list[Rule]:
+        tokens = norm.words.split()
+        token_set = set(tokens)
+        prefix_set = {t[:4] for t in token_set}
+        hits: list[Rule] = []
+        for rule in self._gated:
+            if token_set.isdisjoint(rule.keywords) and prefix_set.isdisjoint(rule.prefixes):
+                continue
+            text = norm.words if rule.view == "words" else norm.folded
+            if any(p.search(text) for p in rule.patterns):
+                hits.append(rule)
+        for rule in self._always:
+            text = norm.words if rule.view == "words" else norm.folded
+            if any(p.search(text) for p in rule.patterns):
+                hits.append(rule)
+        return hits
+
+    def _evidence(self, text: str) -> tuple[dict[str, tuple[float, str]], float]:
+        """Rule id -> (weight, category) for every piece of evidence, and the model's contribution."""
+        evidence: dict[str, tuple[float, str]] = {}
+        if len(text) > self.max_scan_chars:
+            evidence[LIMIT_RULE_ID] = (1.0, "oversize")
+            text = text[: self.max_scan_chars]
+        norm = normalize(text)
+        for rule in self._matching_rules(norm):
+            evidence[rule.id] = (rule.weight, rule.category)
+        if len(norm.hidden) >= _HIDDEN_MIN_CHARS:
+            evidence["encoding.unicode_tags"] = (HIDDEN_TAGS_WEIGHT, "encoding_evasion")
+        payloads = decode_payloads(text, norm.words)
+        if norm.hidden:
+            payloads = [*payloads, *decode_payloads(norm.hidden)]
+            payloads.insert(0, Decoded("unicode_tags", norm.hidden, 1))
+        for payload in payloads:
+            sub = normalize(payload.text)
+            found = self._matching_rules(sub)
+            for rule in found:
+                if rule.id not in evidence:
+                    evidence[rule.id] = (rule.weight, rule.category)
+            if found:
+                evidence.setdefault(f"encoding.{payload.kind}", (DECODED_WEIGHT, "encoding_evasion"))
+        model_part = 0.0
+        if self.model is not None:
+            p = self.model.score(norm.words.split())
+            model_part = MODEL_SCALE * max(0.0, p - MODEL_FLOOR) / (1.0 - MODEL_FLOOR)
+            if model_part > 0.0:
+                evidence[MODEL_RULE_ID] = (model_part, "classifier")
+        return evidence, model_part
+
+    def scan(self, text: str) -> Verdict:
+        evidence, _ = self._evidence(text)
+        if not evidence:
+            return Verdict(False, 0.0, (), ())
+        miss = 1.0
+        for weight, _cat in evidence.values():
+            miss *= 1.0 - weight
+        score = 1.0 - miss
+        if LIMIT_RULE_ID in evidence:
+            score = max(score, self.threshold)
+        ordered = sorted(evidence.items(), key=lambda kv: -kv[1][0])
+        categories: list[str] = []
+        for _rid, (_w, cat) in ordered:
+            if cat not in categories:
+                categories.append(cat)
+        return Verdict(score >= self.threshold, min(score, 1.0), tuple(rid for rid, _ in ordered), tuple(categories))
+
+    def redact(self, text: str) -> str:
+        """The text with each flagged sentence or line replaced by REDACTION; the whole text when the verdict
+        is flagged but no single piece is (the evidence is spread over several sentences)."""
+        if not self.scan(text).flagged:
+            return text
+        pieces: list[str] = []
+        pos = 0
+        changed = False
+        for m in _SENTENCE_SPLIT_RE.finditer(text):
+            piece = text[pos:m.start()]
+            if piece.strip() and self.scan(piece).flagged:
+                pieces.append(REDACTION)
+                changed = True
+            else:
+                pieces.append(piece)
+            pieces.append(m.group(0))
+            pos = m.end()
+        tail = text[pos:]
+        if tail.strip() and self.scan(tail).flagged:
+            pieces.append(REDACTION)
+            changed = True
+        else:
+            pieces.append(tail)
+        if not changed:
+            return REDACTION
+        redacted = "".join(pieces)
+        # A piece may only have been suspicious together with its neighbours: check the result as a whole.
+        return redacted if not self.scan(redacted).flagged else REDACTION
+

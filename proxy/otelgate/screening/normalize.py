@@ -1,0 +1,130 @@
+"""Text normalisation that undoes the cheap evasions attackers use against pattern matching.
+
+Two views come out of one pass:
+
+* ``folded`` — NFKC, case-folded, look-alike letters folded to Latin, invisible characters dropped,
+  whitespace collapsed; punctuation kept (role markers such as ``<|im_start|>`` or ``### system`` live here).
+* ``words`` — ``folded`` with leetspeak folded, s p a c e d letters joined and every run of punctuation or
+  whitespace collapsed to one space. Rule patterns are written against this view by default.
+
+Pure-ASCII input (the common case) skips the Unicode steps entirely, which keeps a 4 KB message well under the
+latency budget.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+# Zero-width and formatting characters that render as nothing but split words for a regex.
+_INVISIBLE = dict.fromkeys(
+    [0x00AD, 0x034F, 0x061C, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180E, 0x200B, 0x200C, 0x200D, 0x200E, 0x200F,
+     0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2060, 0x2061, 0x2062, 0x2063, 0x2064, 0x2066, 0x2067, 0x2068,
+     0x2069, 0x206A, 0x206B, 0x206C, 0x206D, 0x206E, 0x206F, 0x3164, 0xFEFF, 0xFFA0]
+)
+_INVISIBLE.update(dict.fromkeys(range(0xFE00, 0xFE10)))  # variation selectors
+_INVISIBLE.update(dict.fromkeys(range(0xE0000, 0xE0080)))  # Unicode tag block ("ASCII smuggling")
+_INVISIBLE.update(dict.fromkeys(range(0xE0100, 0xE01F0)))  # variation selectors supplement
+
+_TAG_RE = re.compile("[\U000e0020-\U000e007e]+")
+
+# Cyrillic and Greek letters (after case folding) that look like Latin ones. Only applied inside words that
+# mix scripts or consist solely of look-alikes, so genuine Russian or Greek prose keeps its letters.
+_HOMOGLYPHS: dict[str, str] = {
+    # Cyrillic
+    "а": "a", "в": "b", "г": "r", "е": "e", "ё": "e", "з": "3", "і": "i", "ї": "i", "ј": "j", "к": "k",
+    "м": "m", "н": "h", "о": "o", "п": "n", "р": "p", "с": "c", "т": "t", "у": "y", "х": "x", "ѕ": "s",
+    "ԁ": "d", "ԛ": "q", "ԝ": "w", "һ": "h", "ӏ": "l", "ү": "y", "ь": "b", "ɡ": "g", "ꞵ": "b",
+    # Greek
+    "α": "a", "β": "b", "γ": "y", "ε": "e", "ζ": "z", "η": "n", "ι": "i", "κ": "k", "ν": "v", "ο": "o",
+    "ρ": "p", "τ": "t", "υ": "u", "χ": "x", "ω": "w", "ς": "s", "σ": "o", "μ": "u", "ϲ": "c", "ϳ": "j",
+    # Latin extensions and IPA letters used as look-alikes
+    "ı": "i", "ȷ": "j", "ɑ": "a", "ɩ": "i", "ʏ": "y", "ɪ": "i", "ʟ": "l", "ɴ": "n", "ʀ": "r", "ᴀ": "a",
+    "ᴄ": "c", "ᴅ": "d", "ᴇ": "e", "ᴊ": "j", "ᴋ": "k", "ᴍ": "m", "ᴏ": "o", "ᴘ": "p", "ᴛ": "t", "ᴜ": "u",
+    "ᴠ": "v", "ᴡ": "w", "ᴢ": "z", "ʙ": "b", "ɢ": "g", "ʜ": "h",
+}
+_HOMOGLYPH_TABLE = str.maketrans(_HOMOGLYPHS)
+_CONFUSABLE_CLASS = "".join(sorted(_HOMOGLYPHS))
+_CONFUSABLE_WORD_RE = re.compile(rf"\w*[{_CONFUSABLE_CLASS}]\w*")
+_CONFUSABLE_ONLY_RE = re.compile(rf"[{_CONFUSABLE_CLASS}a-z0-9_]+")
+
+# Leetspeak inside a token that also has letters: "1gn0r3" -> "ignore", "$y$tem" -> "system".
+_LEET_TABLE = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s",
+                             "!": "i", "|": "l"})
+_LEET_TOKEN_RE = re.compile(r"(?<![\w@$!|])(?=[\w@$!|]*[a-z])(?=[\w@$!|]*[0-9@$|])[\w@$!|]*[a-z0-9][\w@$!|]*")
+_LEET_STRIP_TRAIL = re.compile(r"[!|]+$")
+
+# Letters spaced out to dodge word patterns: "i g n o r e" or "i.g.n.o.r.e" (one separator between letters;
+# a wider gap still separates words).
+_SPACED_RE = re.compile(r"(?<![\w])(?:\w[ .\-_*/]){2,}\w(?![\w])")
+_SPACED_SEP_RE = re.compile(r"[ .\-_*/]")
+
+_WS_RE = re.compile(r"\s+")
+_NON_WORD_RE = re.compile(r"[\W_]+")
+
+
+@dataclass(frozen=True, slots=True)
+class Normalized:
+    folded: str
+    words: str
+    # Text hidden in Unicode tag characters, decoded to ASCII ("" when none): scanned as its own payload.
+    hidden: str
+
+
+def _fold_mixed_word(m: re.Match[str]) -> str:
+    word = m.group(0)
+    if any("a" <= ch <= "z" for ch in word):
+        return word.translate(_HOMOGLYPH_TABLE)
+    return word
+
+
+def _fold_confusable_word(m: re.Match[str]) -> str:
+    word = m.group(0)
+    if any("a" <= ch <= "z" for ch in word) or _CONFUSABLE_ONLY_RE.fullmatch(word):
+        return word.translate(_HOMOGLYPH_TABLE)
+    return word
+
+
+def _fold_leet(m: re.Match[str]) -> str:
+    token = m.group(0)
+    # Trailing "!" or "|" is punctuation, not a letter.
+    core = _LEET_STRIP_TRAIL.sub("", token)
+    return core.translate(_LEET_TABLE) + token[len(core):]
+
+
+def _join_spaced(m: re.Match[str]) -> str:
+    return _SPACED_SEP_RE.sub("", m.group(0))
+
+
+def fold(text: str) -> tuple[str, str]:
+    """Return (folded text with whitespace as it was, hidden tag-character text)."""
+    hidden = ""
+    if not text.isascii():
+        tags = _TAG_RE.findall(text)
+        if tags:
+            hidden = "".join(chr(ord(ch) - 0xE0000) for chunk in tags for ch in chunk)
+        text = unicodedata.normalize("NFKC", text).translate(_INVISIBLE)
+        text = text.casefold()
+        if not text.isascii():
+            # In mostly-Latin text a word made only of look-alikes is a disguise; in Cyrillic or Greek prose
+            # it is an ordinary word ("все") and only mixed-script words are folded.
+            latin_dominant = len(text.encode("ascii", "ignore")) * 10 >= len(text) * 7
+            folder = _fold_confusable_word if latin_dominant else _fold_mixed_word
+            text = _CONFUSABLE_WORD_RE.sub(folder, text)
+    else:
+        text = text.lower()
+    return text, hidden
+
+
+def words_view(base: str) -> str:
+    """The matching view, from folded text whose whitespace is not yet collapsed (so that a double space
+    still separates s p a c e d words)."""
+    text = _LEET_TOKEN_RE.sub(_fold_leet, base)
+    text = _SPACED_RE.sub(_join_spaced, text)
+    return _NON_WORD_RE.sub(" ", text).strip()
+
+
+def normalize(text: str) -> Normalized:
+    base, hidden = fold(text)
+    return Normalized(folded=_WS_RE.sub(" ", base).strip(), words=words_view(base), hidden=hidden)
