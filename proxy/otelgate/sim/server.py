@@ -37,7 +37,14 @@ GENERATING = frozenset({"messages", "chat", "responses"})  # only these consume 
 QUEUE_PREFIX = "/_sim/q/"
 JSON = "application/json"
 SSE = "text/event-stream; charset=utf-8"
-_GARBAGE = b"this line is not server-sent events\ndata: {\"truncated\": tru\n\n"
+# A line that is no SSE field, then an event whose data is cut-off JSON (named, so SDKs that skip
+# unnamed events still try to parse it).
+_NOT_SSE = b"this line is not server-sent events\n"
+GARBAGE = {
+    "anthropic": _NOT_SSE + b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"de\n\n',
+    "chat": _NOT_SSE + b'data: {"id":"chatcmpl-trunc","object":"chat.completion.chu\n\n',
+    "responses": _NOT_SSE + b'event: response.output_text.delta\ndata: {"type":"response.output_te\n\n',
+}
 _LINGER_RST = struct.pack("ii", 1, 0)
 
 
@@ -340,7 +347,7 @@ class SimUpstream:
                 elif fault == "reset_mid_stream":
                     return await _kill_after_flush(request, resp, rst=True)
                 elif fault == "malformed_sse":
-                    await resp.write(_GARBAGE)
+                    await resp.write(GARBAGE[call.api])
                 elif fault == "truncated_json":
                     await resp.write(ev[: len(ev) // 2])
                     return await _kill_after_flush(request, resp, rst=False)
