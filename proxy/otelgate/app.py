@@ -83,7 +83,17 @@ def _models_handler(fixed: str | None) -> Callable[[web.Request], Awaitable[web.
     return handler
 
 
+_KNOWN_PATHS = frozenset(
+    [path for _, path, _ in _ROUTES] + [f"/{route.provider}{path}" for _, path, route in _ROUTES]
+)
+
+
 async def _not_found(request: web.Request) -> web.StreamResponse:
+    if request.path in _KNOWN_PATHS:
+        return provider_error(
+            request,
+            GatewayError("invalid_request", f"method {request.method} is not allowed on {request.path}", status=405),
+        )
     return provider_error(
         request,
         GatewayError("not_found", f"no route for {request.method} {request.path}", reason="not_found"),

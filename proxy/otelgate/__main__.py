@@ -1,0 +1,5 @@
+import sys
+
+from otelgate.cli import main
+
+sys.exit(main())
