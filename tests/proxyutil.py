@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -110,3 +111,14 @@ def gateway_thread(config: dict[str, Any] | Settings | None = None, sim: Any = N
         loop.call_soon_threadsafe(stop.set)
         thread.join(30)
         loop.close()
+
+
+async def wait_until(predicate: Any, within: float = 10.0, interval: float = 0.01) -> bool:
+    """Poll a condition until it holds or the deadline passes (for state with no event to await)."""
+    deadline = time.monotonic() + within
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(interval)

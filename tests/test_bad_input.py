@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import time
 
 import aiohttp
 import anthropic
@@ -13,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from conftest import ANTHROPIC_TEST_KEY, OPENAI_TEST_KEY
-from proxyutil import gateway
+from proxyutil import gateway, wait_until
 
 ANTHROPIC_HEADERS = {"authorization": f"Bearer {ANTHROPIC_TEST_KEY}", "anthropic-version": "2023-06-01"}
 OPENAI_HEADERS = {"authorization": f"Bearer {OPENAI_TEST_KEY}"}
@@ -142,13 +141,10 @@ async def test_agent_disconnect_cancels_the_upstream_request(gw, sim):
     task = asyncio.create_task(
         c.messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
     )
-    deadline = time.monotonic() + 10
-    while not sim.requests and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
-    assert sim.requests and gw.inflight == 1
+    assert await wait_until(lambda: sim.requests)
+    assert gw.inflight == 1
     task.cancel()
-    while gw.inflight and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
+    assert await wait_until(lambda: gw.inflight == 0, within=5)
     assert gw.inflight == 0, "the gateway must stop waiting on the upstream once the agent is gone"
 
 
