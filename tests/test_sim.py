@@ -16,9 +16,13 @@ import anthropic
 import httpx2
 import openai
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from otelgate.sim import ScriptError, SimUpstream, parse_steps
-from otelgate.sim.answers import prompt_tokens
+from otelgate.sim import anthropic as ant
+from otelgate.sim import openai as oai
+from otelgate.sim.answers import build_reply, prompt_tokens
 
 USER = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -137,6 +141,9 @@ async def test_anthropic_count_tokens_and_models(sim: SimUpstream) -> None:
     page = await client.models.list()
     assert page.data[0].id.startswith("claude-") and page.data[0].display_name and not page.has_more
     assert page.first_id == page.data[0].id and page.last_id == page.data[-1].id
+    assert (await client.models.retrieve(page.data[1].id)).display_name == page.data[1].display_name
+    with pytest.raises(anthropic.NotFoundError):
+        await client.models.retrieve("claude-nonexistent")
 
 
 async def test_anthropic_validation_and_max_tokens_cut(sim: SimUpstream) -> None:
@@ -160,6 +167,7 @@ async def test_openai_models_and_chat_non_stream_tool_calls(sim: SimUpstream) ->
     client = oclient(sim)
     models = await client.models.list()
     assert models.data[0].object == "model" and models.data[0].id.startswith("gpt-")
+    assert (await client.models.retrieve("gpt-4o")).owned_by == "system"
     sim.script([{"tool_calls": [{"name": "search", "input": {"q": "x"}}, {"name": "read", "input": {}}]}])
     raw = await client.chat.completions.with_raw_response.create(model="gpt-test", messages=USER)
     done = raw.parse()
@@ -219,6 +227,33 @@ async def test_openai_responses_non_stream_and_stream(sim: SimUpstream) -> None:
     call = final.output[1]
     assert call.type == "function_call" and call.name == "lookup" and json.loads(call.arguments) == {"id": 7}
     assert final.usage is not None and final.usage.output_tokens > 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(text=st.text(min_size=1, max_size=80), chunks=st.integers(1, 12),
+       tool_input=st.dictionaries(st.text(max_size=5), st.one_of(st.integers(), st.text(max_size=8)), max_size=3))
+def test_streams_reassemble_to_the_answer_for_any_text(text: str, chunks: int, tool_input: dict[str, Any]) -> None:
+    """Whatever the text (unicode, newlines, quotes) and chunking, every stream carries it intact."""
+    step = parse_steps([{"text": text, "chunks": chunks, "tool_call": {"name": "t", "input": tool_input}}])[0]
+    body = {"model": "m", "messages": USER}
+    reply = build_reply(step, body, "anthropic", 5)
+    data = [json.loads(d) for _, d in parse_sse(b"".join(ant.events(reply, "msg_x")))]
+    deltas = [d["delta"] for d in data if d["type"] == "content_block_delta"]
+    assert "".join(d["text"] for d in deltas if d["type"] == "text_delta") == text
+    assert len([d for d in deltas if d["type"] == "text_delta"]) == min(chunks, len(text))
+    assert json.loads("".join(d.get("partial_json", "") for d in deltas)) == tool_input
+
+    reply = build_reply(step, body, "chat", 5)
+    chunks_ = [json.loads(d) for _, d in parse_sse(b"".join(oai.chat_chunks(reply, "c", 0, True)))[:-1]]
+    deltas = [c["choices"][0]["delta"] for c in chunks_ if c["choices"]]
+    assert "".join(d.get("content", "") for d in deltas) == text
+    args = "".join(t["function"]["arguments"] for d in deltas for t in d.get("tool_calls", []))
+    assert json.loads(args) == tool_input
+
+    events = [json.loads(d) for _, d in parse_sse(b"".join(oai.response_events(reply, "r", 0, body)))]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    done = events[-1]["response"]["output"]
+    assert done[0]["content"][0]["text"] == text and json.loads(done[1]["arguments"]) == tool_input
 
 
 # --- errors and retries ---

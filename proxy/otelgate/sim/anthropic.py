@@ -149,8 +149,16 @@ def events(reply: Reply, msg_id: str) -> list[bytes]:
     return out
 
 
+def _model(model: tuple[str, str, str]) -> dict[str, str]:
+    return {"type": "model", "id": model[0], "display_name": model[1], "created_at": model[2]}
+
+
+def model_body(model: tuple[str, str, str]) -> bytes:
+    return dumps(_model(model))
+
+
 def models_body(models: list[tuple[str, str, str]]) -> bytes:
-    data = [{"type": "model", "id": mid, "display_name": name, "created_at": created} for mid, name, created in models]
+    data = [_model(m) for m in models]
     return dumps({"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
                   "last_id": data[-1]["id"] if data else None})
 

@@ -248,6 +248,13 @@ def response_error_event(message: str | None, code: str | None, sequence_number:
     return b"event: error\ndata: " + dumps(data) + b"\n\n"
 
 
+def _model(model: tuple[str, int, str]) -> dict[str, Any]:
+    return {"id": model[0], "object": "model", "created": model[1], "owned_by": model[2]}
+
+
+def model_body(model: tuple[str, int, str]) -> bytes:
+    return dumps(_model(model))
+
+
 def models_body(models: list[tuple[str, int, str]]) -> bytes:
-    return dumps({"object": "list", "data": [{"id": mid, "object": "model", "created": created, "owned_by": owner}
-                                             for mid, created, owner in models]})
+    return dumps({"object": "list", "data": [_model(m) for m in models]})

@@ -88,7 +88,7 @@ class SimUpstream:
     """A scripted stand-in for the Anthropic and OpenAI APIs on a loopback port. See the package docstring."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, chunks: int = 5, latency_ms: float = 0.0,
-                 max_recorded: int = 100_000, require_auth: bool = False,
+                 max_recorded: int = 20_000, require_auth: bool = False,
                  anthropic_models: list[tuple[str, str, str]] | None = None,
                  openai_models: list[tuple[str, int, str]] | None = None) -> None:
         self.host = host
@@ -100,8 +100,10 @@ class SimUpstream:
         self._requests: deque[SimRequest] = deque(maxlen=max_recorded)
         self._lock = threading.Lock()
         self._runner: web.AppRunner | None = None
-        self._anthropic_models = ant.models_body(anthropic_models or ant.MODELS)
-        self._openai_models = oai.models_body(openai_models or oai.MODELS)
+        self._anthropic_model_list = anthropic_models or ant.MODELS
+        self._openai_model_list = openai_models or oai.MODELS
+        self._anthropic_models = ant.models_body(self._anthropic_model_list)
+        self._openai_models = oai.models_body(self._openai_model_list)
 
     # --- lifecycle ---
 
@@ -185,6 +187,8 @@ class SimUpstream:
         if not queue:
             queue = request.headers.get(QUEUE_HEADER, DEFAULT_QUEUE)
         endpoint = ENDPOINTS.get((request.method, path))
+        if endpoint is None and request.method == "GET" and path.startswith("/v1/models/"):
+            endpoint = ("models", "model")
         api = endpoint[0] if endpoint else "models"
         if api == "models":
             anthropic_shaped = "anthropic-version" in request.headers or path.startswith("/v1/messages")
@@ -259,6 +263,18 @@ class SimUpstream:
 
     async def _op_models(self, call: _Call) -> web.StreamResponse:
         body = self._anthropic_models if call.api == "anthropic" else self._openai_models
+        return await self._send_json(call, body)
+
+    async def _op_model(self, call: _Call) -> web.StreamResponse:
+        model_id = call.request.path.rpartition("/")[2]
+        if call.api == "anthropic":
+            found = [m for m in self._anthropic_model_list if m[0] == model_id]
+            body = ant.model_body(found[0]) if found else None
+        else:
+            found_oai = [m for m in self._openai_model_list if m[0] == model_id]
+            body = oai.model_body(found_oai[0]) if found_oai else None
+        if body is None:
+            return self._error(call, 404, f"model: {model_id}", None, "model_not_found")
         return await self._send_json(call, body)
 
     async def _op_count_tokens(self, call: _Call) -> web.StreamResponse:
