@@ -1,0 +1,278 @@
+"""Metric instruments and what one finished call records into them.
+
+Label values are ids (key id, team id, model, tool name), never secrets; each unbounded label goes through a
+`LabelLimiter` so a flood of new models or keys folds into `_OTHER` instead of exploding the series count.
+Recording passes the chat span's context, so OTLP exemplars link a histogram bucket to the trace behind it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry.context import Context
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+
+from otelgate.telemetry import semconv as sc
+
+if TYPE_CHECKING:
+    from otelgate.config import TelemetryConfig
+    from otelgate.context import RequestContext
+    from otelgate.telemetry.setup import ExportStats
+
+CircuitSource = Callable[[], Iterable[tuple[str, str | None, int]]]
+InflightSource = Callable[[], "int | Iterable[tuple[str, int]]"]
+
+
+class LabelLimiter:
+    """First `limit` distinct values pass; later new ones become `_OTHER` (values already seen keep passing)."""
+
+    __slots__ = ("_lock", "_seen", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, value: str | None) -> str:
+        if value is None:
+            return ""
+        if value in self._seen:
+            return value
+        with self._lock:
+            if len(self._seen) < self.limit:
+                self._seen.add(value)
+                return value
+        return sc.OTHER
+
+
+def timeout_kind(error_type: str | None) -> str | None:
+    """`first_byte_timeout` -> `first_byte`, `timeout` -> `total`; None when the attempt did not time out."""
+    if not error_type or not error_type.endswith("timeout"):
+        return None
+    kind = error_type[: -len("timeout")].rstrip("_")
+    return kind or "total"
+
+
+class Metrics:
+    def __init__(self, meter: Meter, config: TelemetryConfig, stats: ExportStats) -> None:
+        self.models = LabelLimiter(config.max_model_labels)
+        self.keys = LabelLimiter(config.max_key_labels)
+        self.teams = LabelLimiter(config.max_key_labels)
+        self.tools = LabelLimiter(config.max_model_labels * 4)
+        self._stats = stats
+        self._budgets: dict[tuple[str, str, str, str], tuple[float, float]] = {}
+        self._circuit_sources: list[CircuitSource] = []
+        self._inflight_sources: list[InflightSource] = []
+
+        def hist(spec: tuple[str, str, str], buckets: Iterable[float]) -> Any:
+            name, unit, description = spec
+            return meter.create_histogram(
+                name, unit=unit, description=description, explicit_bucket_boundaries_advisory=list(buckets)
+            )
+
+        def counter(spec: tuple[str, str, str]) -> Any:
+            name, unit, description = spec
+            return meter.create_counter(name, unit=unit, description=description)
+
+        self.duration = hist(sc.M_OPERATION_DURATION, sc.DURATION_BUCKETS)
+        self.tokens = hist(sc.M_TOKEN_USAGE, sc.TOKEN_BUCKETS)
+        self.ttfc = hist(sc.M_TIME_TO_FIRST_CHUNK, sc.DURATION_BUCKETS)
+        self.tpoc = hist(sc.M_TIME_PER_OUTPUT_CHUNK, sc.DURATION_BUCKETS)
+        self.cost = counter(sc.M_COST)
+        self.retries = counter(sc.M_RETRIES)
+        self.responses = counter(sc.M_RESPONSES)
+        self.timeouts = counter(sc.M_TIMEOUTS)
+        self.fallbacks = counter(sc.M_FALLBACKS)
+        self.rejected = counter(sc.M_REJECTED)
+        self.detections = counter(sc.M_DETECTIONS)
+        self.tool_calls = counter(sc.M_TOOL_CALLS)
+        self.tool_duration = hist(sc.M_TOOL_DURATION, sc.TOOL_DURATION_BUCKETS)
+        self.sessions = counter(sc.M_SESSIONS)
+        self.session_calls = hist(sc.M_SESSION_CALLS, sc.SESSION_CALL_BUCKETS)
+
+        for spec, callback in (
+            (sc.M_BUDGET_UTILIZATION, self._observe_utilization),
+            (sc.M_BUDGET_SPENT, self._observe_spent),
+            (sc.M_BUDGET_LIMIT, self._observe_limit),
+            (sc.M_CIRCUIT_STATE, self._observe_circuit),
+            (sc.M_INFLIGHT, self._observe_inflight),
+        ):
+            name, unit, description = spec
+            meter.create_observable_gauge(name, callbacks=[callback], unit=unit, description=description)
+        for spec, callback in (
+            (sc.M_EXPORT_FAILURES, self._observe_failures),
+            (sc.M_DROPPED, self._observe_dropped),
+        ):
+            name, unit, description = spec
+            meter.create_observable_counter(name, callbacks=[callback], unit=unit, description=description)
+
+    # --- per call ------------------------------------------------------------------------------------------
+    def record_call(
+        self,
+        ctx: RequestContext,
+        otel_ctx: Context | None,
+        duration_s: float,
+        error_type: str | None,
+        ttfc_s: float | None,
+        end_ns: int,
+    ) -> None:
+        provider = ctx.provider.name
+        model = self.models(ctx.model)
+        principal = ctx.principal
+        who = {
+            sc.OTELGATE_KEY: self.keys(principal.key_id) if principal else "",
+            sc.OTELGATE_TEAM: self.teams(principal.team) if principal and principal.team else "",
+        }
+        if ctx.route.operation == sc.OP_CHAT:
+            base: dict[str, Any] = {
+                sc.GEN_AI_OPERATION_NAME: sc.OP_CHAT,
+                sc.GEN_AI_PROVIDER_NAME: provider,
+                sc.GEN_AI_REQUEST_MODEL: model,
+            }
+            if ctx.result.response_model:
+                base[sc.GEN_AI_RESPONSE_MODEL] = self.models(ctx.result.response_model)
+            last = ctx.attempts[-1] if ctx.attempts else None
+            if last is not None:
+                base[sc.SERVER_ADDRESS] = last.server_address
+                if last.server_port is not None:
+                    base[sc.SERVER_PORT] = last.server_port
+            if error_type:
+                self.duration.record(duration_s, {**base, sc.ERROR_TYPE: error_type}, context=otel_ctx)
+            else:
+                self.duration.record(duration_s, base, context=otel_ctx)
+            usage = ctx.result.usage
+            if usage.known:
+                self.tokens.record(usage.total_input, {**base, sc.GEN_AI_TOKEN_TYPE: sc.TOKEN_INPUT}, context=otel_ctx)
+                self.tokens.record(
+                    usage.output_tokens, {**base, sc.GEN_AI_TOKEN_TYPE: sc.TOKEN_OUTPUT}, context=otel_ctx
+                )
+            if ctx.stream and ttfc_s is not None:
+                self.ttfc.record(ttfc_s, base, context=otel_ctx)
+                first = ctx.result.first_chunk_ns
+                if first is not None and ctx.result.chunks > 1 and end_ns > first:
+                    self.tpoc.record((end_ns - first) / 1e9 / (ctx.result.chunks - 1), base, context=otel_ctx)
+        if ctx.cost_usd:
+            self.cost.add(
+                ctx.cost_usd,
+                {**who, sc.GEN_AI_REQUEST_MODEL: model, sc.GEN_AI_PROVIDER_NAME: provider},
+                context=otel_ctx,
+            )
+        for attempt in ctx.attempts:
+            where = {sc.GEN_AI_PROVIDER_NAME: provider, sc.SERVER_ADDRESS: attempt.server_address}
+            if attempt.status is not None:
+                self.responses.add(1, {**where, sc.HTTP_RESPONSE_STATUS_CODE: attempt.status}, context=otel_ctx)
+            if attempt.retry_reason:
+                self.retries.add(1, {**where, sc.LABEL_REASON: attempt.retry_reason}, context=otel_ctx)
+            kind = timeout_kind(attempt.error_type)
+            if kind:
+                self.timeouts.add(1, {**where, sc.LABEL_KIND: kind}, context=otel_ctx)
+        if ctx.fallback:
+            self.fallbacks.add(
+                1,
+                {
+                    sc.GEN_AI_PROVIDER_NAME: provider,
+                    sc.LABEL_FROM_MODEL: model,
+                    sc.LABEL_TO_MODEL: self.models(ctx.fallback),
+                },
+                context=otel_ctx,
+            )
+        if ctx.outcome == "rejected":
+            self.rejected.add(1, {**who, sc.LABEL_REASON: ctx.rejected_reason or sc.OTHER}, context=otel_ctx)
+        for verdict in ctx.verdicts:
+            self._record_verdict(verdict, otel_ctx)
+
+    def _record_verdict(self, verdict: dict[str, Any], otel_ctx: Context | None) -> None:
+        rules = verdict.get("rules")
+        if rules is None:
+            rules = [verdict["rule"]] if verdict.get("rule") else []
+        location = str(verdict.get("location") or "")
+        action = str(verdict.get("action") or "")
+        for rule in rules:
+            name = rule.get("id") or rule.get("name") if isinstance(rule, dict) else rule
+            self.detections.add(
+                1,
+                {sc.LABEL_RULE: str(name), sc.LABEL_LOCATION: location, sc.LABEL_ACTION: action},
+                context=otel_ctx,
+            )
+
+    def record_tool(self, tool: str, outcome: str, duration_s: float | None, otel_ctx: Context | None) -> None:
+        attributes = {sc.GEN_AI_TOOL_NAME: self.tools(tool), sc.LABEL_OUTCOME: outcome}
+        self.tool_calls.add(1, attributes, context=otel_ctx)
+        if duration_s is not None:
+            self.tool_duration.record(duration_s, attributes, context=otel_ctx)
+
+    def record_session(self, new: bool, position: int, who: dict[str, str], otel_ctx: Context | None) -> None:
+        if new:
+            self.sessions.add(1, who, context=otel_ctx)
+        self.session_calls.record(position, who, context=otel_ctx)
+
+    def who(self, ctx: RequestContext) -> dict[str, str]:
+        principal = ctx.principal
+        return {
+            sc.OTELGATE_KEY: self.keys(principal.key_id) if principal else "",
+            sc.OTELGATE_TEAM: self.teams(principal.team) if principal and principal.team else "",
+        }
+
+    # --- gauges fed by other stages ---------------------------------------------------------------------------
+    def set_budget(self, scope: str, id: str, window: str, unit: str, spent: float, limit: float) -> None:
+        key = (scope, id, window, unit)
+        if key not in self._budgets and len(self._budgets) >= 10 * self.keys.limit:
+            return  # configured budgets are bounded; this guards against an id flood only
+        self._budgets[key] = (float(spent), float(limit))
+
+    def add_circuit_source(self, fn: CircuitSource) -> None:
+        self._circuit_sources.append(fn)
+
+    def add_inflight_source(self, fn: InflightSource) -> None:
+        self._inflight_sources.append(fn)
+
+    def _budget_attrs(self, key: tuple[str, str, str, str]) -> dict[str, str]:
+        scope, id_, window, unit = key
+        return {sc.LABEL_SCOPE: scope, sc.LABEL_ID: id_, sc.LABEL_WINDOW: window, sc.LABEL_UNIT: unit}
+
+    def _observe_utilization(self, _: CallbackOptions) -> Iterator[Observation]:
+        for key, (spent, limit) in list(self._budgets.items()):
+            if limit > 0:
+                yield Observation(spent / limit, self._budget_attrs(key))
+
+    def _observe_spent(self, _: CallbackOptions) -> Iterator[Observation]:
+        for key, (spent, _limit) in list(self._budgets.items()):
+            yield Observation(spent, self._budget_attrs(key))
+
+    def _observe_limit(self, _: CallbackOptions) -> Iterator[Observation]:
+        for key, (_spent, limit) in list(self._budgets.items()):
+            yield Observation(limit, self._budget_attrs(key))
+
+    def _observe_circuit(self, _: CallbackOptions) -> Iterator[Observation]:
+        for source in list(self._circuit_sources):
+            try:
+                rows = list(source())
+            except Exception:
+                continue  # a broken source must not break the scrape
+            for address, model, state in rows:
+                attributes = {sc.SERVER_ADDRESS: address}
+                if model:
+                    attributes[sc.GEN_AI_REQUEST_MODEL] = self.models(model)
+                yield Observation(int(state), attributes)
+
+    def _observe_inflight(self, _: CallbackOptions) -> Iterator[Observation]:
+        for source in list(self._inflight_sources):
+            try:
+                value = source()
+                if isinstance(value, int | float):
+                    yield Observation(value, {})
+                else:
+                    for address, count in list(value):
+                        yield Observation(count, {sc.SERVER_ADDRESS: address})
+            except Exception:
+                continue
+
+    def _observe_failures(self, _: CallbackOptions) -> Iterator[Observation]:
+        for signal, count in list(self._stats.failures.items()):
+            yield Observation(count, {sc.LABEL_SIGNAL: signal})
+
+    def _observe_dropped(self, _: CallbackOptions) -> Iterator[Observation]:
+        for signal, count in list(self._stats.dropped.items()):
+            yield Observation(count, {sc.LABEL_SIGNAL: signal})
