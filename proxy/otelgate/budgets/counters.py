@@ -1,0 +1,151 @@
+"""From limits to store counters: the plan both stores execute, and the results they hand back.
+
+Each (scope, id, window) owns counters of six integers: settled usd-nano / tokens / calls and reserved
+usd-nano / tokens / calls. A calendar or session window has one counter per window instance (its start is
+part of the key); a rolling window has a running total plus one counter per bucket, and buckets older than
+the window are subtracted from the total when the counter is next touched (amortised O(1) per request).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .ledger import Amount, Limit, Refusal, UsageRow, WindowSpend, usd_to_nano
+from .windows import Window
+
+RETENTION = 86400  # calendar counters outlive their window by a day, for usage look-back
+UNIT_INDEX = {"usd": 0, "tokens": 1, "calls": 2}
+UNIT_NAMES = ("usd", "tokens", "calls")
+
+
+def esc(s: str) -> str:
+    """Keep ``|`` as the only key separator whatever an id contains."""
+    return s.replace("%", "%25").replace("|", "%7C")
+
+
+def registry_key(scope: str, scope_id: str, window: Window) -> str:
+    return f"{esc(scope)}|{esc(scope_id)}|{window.key}"
+
+
+def scope_prefix(scope: str, scope_id: str) -> str:
+    return f"{esc(scope)}|{esc(scope_id)}|"
+
+
+def alert_mark_prefix(scope: str, scope_id: str) -> str:
+    return "alert|" + scope_prefix(scope, scope_id)
+
+
+@dataclass(frozen=True)
+class CounterRef:
+    limit: Limit
+    rk: str  # registry key: scope|id|window
+    key: str  # counter key (calendar/session) or rolling total key
+    rolling: bool
+    bucket: int  # rolling: bucket written at the planning instant; otherwise the window start
+    window_seconds: int
+    bucket_seconds: int
+    start: float
+    end: float
+    expires_at: float  # calendar: when the counter may be dropped
+    sliding_ttl: int  # sessions: expiry slides to now + ttl on every touch
+    limits_nano: tuple[int, int, int]  # usd-nano, tokens, calls; -1 = no limit on that unit
+
+    def wire(self) -> dict[str, Any]:
+        lu, lt, lc = self.limits_nano
+        return {"k": self.key, "rk": self.rk, "r": 1 if self.rolling else 0, "b": self.bucket,
+                "W": self.window_seconds, "Z": self.bucket_seconds or 1, "st": self.start, "en": self.end,
+                "e": self.expires_at, "s": self.sliding_ttl, "lu": lu, "lt": lt, "lc": lc,
+                "L": json.dumps(self.limit.to_dict(), separators=(",", ":"))}
+
+    @classmethod
+    def from_wire(cls, w: dict[str, Any]) -> CounterRef:
+        limit = Limit.from_dict(json.loads(w["L"]))
+        return cls(limit=limit, rk=w["rk"], key=w["k"], rolling=bool(w["r"]), bucket=int(w["b"]),
+                   window_seconds=int(w["W"]), bucket_seconds=int(w["Z"]) if w["r"] else 0,
+                   start=float(w["st"]), end=float(w["en"]), expires_at=float(w["e"]),
+                   sliding_ttl=int(w["s"]), limits_nano=(int(w["lu"]), int(w["lt"]), int(w["lc"])))
+
+
+def merge_limits(limits: list[Limit]) -> list[Limit]:
+    """Limits on the same scope/id/window share counters: keep one, with the tightest value per unit."""
+    merged: dict[tuple[str, str, str], Limit] = {}
+    for lim in limits:
+        k = (lim.scope, lim.scope_id, lim.window.key)
+        prev = merged.get(k)
+        if prev is None:
+            merged[k] = lim
+            continue
+
+        def tight(a: float | None, b: float | None) -> float | None:
+            return b if a is None else a if b is None else min(a, b)
+
+        merged[k] = Limit(lim.scope, lim.scope_id, lim.window, usd=tight(prev.usd, lim.usd),
+                          tokens=tight(prev.tokens, lim.tokens), calls=tight(prev.calls, lim.calls))
+    return list(merged.values())
+
+
+def plan(limits: list[Limit], now: float) -> list[CounterRef]:
+    refs = []
+    for lim in merge_limits(limits):
+        w = lim.window
+        rk = registry_key(lim.scope, lim.scope_id, w)
+        lims = (-1 if lim.usd is None else usd_to_nano(lim.usd),
+                -1 if lim.tokens is None else int(lim.tokens),
+                -1 if lim.calls is None else int(lim.calls))
+        if w.rolling:
+            b = w.bucket_of(now)
+            refs.append(CounterRef(lim, rk, rk, True, b, w.length_seconds, w.bucket_seconds,
+                                   float(w.cutoff(now)), w.ages_out_at(b), now + w.length_seconds
+                                   + w.bucket_seconds + 60, 0, lims))
+        elif w.kind == "session":
+            refs.append(CounterRef(lim, rk, f"{rk}|f|{0:012d}", False, 0, 0, 0, 0.0, now + w.ttl_seconds,
+                                   now + w.ttl_seconds, w.ttl_seconds, lims))
+        else:
+            start, end = w.calendar_bounds(now)
+            refs.append(CounterRef(lim, rk, f"{rk}|f|{int(start):012d}", False, int(start), 0, 0, start,
+                                   end, end + RETENTION, 0, lims))
+    return refs
+
+
+def refusal_for(ref: CounterRef, unit_index: int, current: int, requested: int,
+                rolling_reset: float | None) -> Refusal:
+    unit = UNIT_NAMES[unit_index]
+    lim = ref.limits_nano[unit_index]
+    scale = 1e9 if unit == "usd" else 1
+    kind = ref.limit.window.kind
+    if kind == "session":
+        reset_at, reason = None, "session"
+    elif ref.rolling:
+        reset_at, reason = rolling_reset, "budget"
+    else:
+        reset_at, reason = ref.end, "budget"
+    if requested > lim:
+        reset_at = None  # this request alone exceeds the limit: waiting cannot help
+    return Refusal(scope=ref.limit.scope, scope_id=ref.limit.scope_id, window=ref.limit.window, unit=unit,
+                   limit=lim / scale, spent=current / scale, requested=requested / scale, reset_at=reset_at,
+                   reason=reason)
+
+
+def window_spend(ref: CounterRef, six: list[int] | tuple[int, ...]) -> WindowSpend:
+    return WindowSpend(limit=ref.limit, window_start=ref.start, window_end=ref.end,
+                       spent=Amount.from_nano(six[0], six[1], six[2]),
+                       reserved=Amount.from_nano(six[3], six[4], six[5]))
+
+
+def usage_rows(ref: CounterRef, six: list[int] | tuple[int, ...]) -> list[UsageRow]:
+    rows = []
+    for i, unit in enumerate(UNIT_NAMES):
+        lim = ref.limits_nano[i]
+        if lim < 0:
+            continue
+        scale = 1e9 if unit == "usd" else 1
+        spent, reserved = six[i] / scale, six[i + 3] / scale
+        limit = lim / scale
+        reset = None if ref.limit.window.kind == "session" else ref.end
+        rows.append(UsageRow(scope=ref.limit.scope, scope_id=ref.limit.scope_id, window=ref.limit.window,
+                             unit=unit, spent=spent, reserved=reserved, limit=limit,
+                             remaining=max(0.0, limit - spent - reserved), window_start=ref.start,
+                             reset_at=reset))
+    return rows

@@ -1,0 +1,141 @@
+"""Redis ledger: every replica enforces the same budgets through atomic Lua scripts.
+
+Layout under the key prefix (default ``og:``): ``c:<counter>`` hashes of six integers (plus ``:z`` bucket
+index and ``:b:<start>`` buckets for rolling windows), ``r:<request>`` reservations with ``rexp`` (a sorted
+set by expiry, swept by every reserve), ``d:<request>`` settled marks (idempotency, with a TTL),
+``l:<scope|id|window>`` + ``lidx`` the limits seen (for ``usage()``), ``m:<mark>`` alert marks,
+``q:<key|unit>`` rate-limit buckets. Every key carries an expiry, so an abandoned budget cleans itself up.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from . import ratelimit
+from .counters import CounterRef, alert_mark_prefix, plan, refusal_for, scope_prefix, usage_rows, window_spend
+from .ledger import Amount, Ledger, Limit, Refusal, Reservation, SettleResult, UsageRow
+from .redis_lua import RATE as RATE_LUA
+from .redis_lua import READ, RELEASE, RESERVE, RESET, SETTLE
+
+_JSON = {"separators": (",", ":")}
+
+
+def _payload(refs: list[CounterRef], amt: tuple[int, int, int] | None = None) -> str:
+    d: dict[str, Any] = {"refs": [r.wire() for r in refs]}
+    if amt is not None:
+        d["amt"] = list(amt)
+    return json.dumps(d, **_JSON)  # type: ignore[arg-type]
+
+
+class RedisLedger(Ledger):
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "og:",
+                 reservation_ttl: float = 900.0, settled_ttl: float = 2 * 86400,
+                 socket_timeout: float = 2.0, client: aioredis.Redis | None = None) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.reservation_ttl = float(reservation_ttl)
+        self.settled_ttl = int(settled_ttl)
+        self._r = client or aioredis.Redis.from_url(url, socket_timeout=socket_timeout,
+                                                    socket_connect_timeout=socket_timeout,
+                                                    decode_responses=True)
+        self._reserve = self._r.register_script(RESERVE)
+        self._settle = self._r.register_script(SETTLE)
+        self._release_s = self._r.register_script(RELEASE)
+        self._read = self._r.register_script(READ)
+        self._reset = self._r.register_script(RESET)
+        self._rate = self._r.register_script(RATE_LUA)
+
+    async def reserve(self, request_id: str, limits: list[Limit], amount: Amount,
+                      now: float | None = None) -> Reservation | Refusal:
+        now = time.time() if now is None else now
+        refs = plan(limits, now)
+        amt = amount.to_nano()
+        out = await self._reserve(args=[self.prefix, repr(now), request_id, repr(self.reservation_ttl),
+                                        _payload(refs, amt)])
+        code = int(out[0])
+        if code == 1:
+            return Reservation(request_id, amount, tuple(limits), float(out[1]))
+        if code == 2:
+            raise ValueError(f"request {request_id!r} was already settled")
+        ref, u = refs[int(out[1]) - 1], int(out[2]) - 1
+        reset = float(out[4])
+        return refusal_for(ref, u, int(out[3]), amt[u], None if reset < 0 else reset)
+
+    async def settle(self, request_id: str, actual: Amount, limits: list[Limit] | None = None,
+                     now: float | None = None) -> SettleResult:
+        now = time.time() if now is None else now
+        out = await self._settle(args=[self.prefix, repr(now), request_id, str(self.settled_ttl),
+                                       json.dumps(list(actual.to_nano())), _payload(plan(limits or [], now))])
+        if int(out[0]) == 0:
+            return SettleResult(request_id, False)
+        body = out[1]
+        refs = ([CounterRef.from_wire(w) for w in json.loads(body)["refs"]] if body
+                else plan(limits or [], now))
+        vals = [int(x) for x in out[2:]]
+        spends = tuple(window_spend(ref, vals[6 * i:6 * i + 6]) for i, ref in enumerate(refs))
+        return SettleResult(request_id, True, spends)
+
+    async def _release(self, request_id: str, now: float) -> bool:
+        return bool(int(await self._release_s(args=[self.prefix, repr(now), request_id])))
+
+    async def _registered(self, scope: str | None, scope_id: str | None, now: float) -> list[Limit]:
+        idx = self.prefix + "lidx"
+        await self._r.zremrangebyscore(idx, "-inf", f"({now}")
+        rks = await self._r.zrangebyscore(idx, now, "+inf")
+        if scope is not None and scope_id is not None:
+            p = scope_prefix(scope, scope_id)
+            rks = [k for k in rks if k.startswith(p)]
+        if not rks:
+            return []
+        specs = await self._r.mget([self.prefix + "l:" + k for k in rks])
+        out = [Limit.from_dict(json.loads(s)) for s in specs if s]
+        return [x for x in out if scope is None or x.scope == scope]
+
+    async def usage(self, scope: str | None = None, scope_id: str | None = None, *,
+                    limits: list[Limit] | None = None, now: float | None = None) -> list[UsageRow]:
+        now = time.time() if now is None else now
+        lims = limits if limits is not None else await self._registered(scope, scope_id, now)
+        refs = plan(lims, now)
+        if not refs:
+            return []
+        vals = [int(x) for x in await self._read(args=[self.prefix, repr(now), _payload(refs)])]
+        rows: list[UsageRow] = []
+        for i, ref in enumerate(refs):
+            rows.extend(usage_rows(ref, vals[6 * i:6 * i + 6]))
+        return rows
+
+    async def reset(self, scope: str, scope_id: str, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        refs = plan(await self._registered(scope, scope_id, now), now)
+        if refs:
+            await self._reset(args=[self.prefix, repr(now), _payload(refs)])
+        pattern = self.prefix + "m:" + alert_mark_prefix(scope, scope_id).replace("[", r"\[") + "*"
+        async for k in self._r.scan_iter(match=pattern, count=500):
+            await self._r.delete(k)
+
+    async def rate_limit(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int = 0,
+                         now: float | None = None) -> Refusal | None:
+        if rpm is None and tpm is None:
+            return None
+        now = time.time() if now is None else now
+        out = await self._rate(args=[self.prefix, repr(now), key_id, -1 if rpm is None else rpm,
+                                     -1 if tpm is None else tpm, int(tokens)])
+        if int(out[0]) == 1:
+            return None
+        unit = ("requests", "tokens")[int(out[1]) - 1]
+        caps = {"requests": rpm, "tokens": tpm}
+        return ratelimit.check(key_id, {unit: float(out[2])}, {unit: caps[unit]},
+                               {"requests": 1.0, "tokens": float(tokens)}, now)
+
+    async def claim_once(self, mark: str, ttl_seconds: float) -> bool:
+        return bool(await self._r.set(self.prefix + "m:" + mark, "1", nx=True, px=max(1, int(ttl_seconds * 1000))))
+
+    async def ping(self) -> None:
+        await self._r.ping()
+
+    async def close(self) -> None:
+        await self._r.aclose()

@@ -1,0 +1,381 @@
+"""SQLite ledger: one file (WAL) shared by every worker process on a host.
+
+Every operation is one short transaction run on a single dedicated thread per process, so the event loop
+never waits on disk or on a lock; write transactions start with ``BEGIN IMMEDIATE`` so two processes never
+interleave a check and an update. With ``synchronous=NORMAL`` a committed transaction survives a process
+crash (``kill -9``): WAL frames are in the OS page cache once ``COMMIT`` returns. Only a power loss can lose
+the last transactions; ``?synchronous=full`` closes that too at the cost of an fsync per commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from . import ratelimit
+from .counters import (
+    CounterRef,
+    alert_mark_prefix,
+    plan,
+    refusal_for,
+    scope_prefix,
+    usage_rows,
+    window_spend,
+)
+from .ledger import Amount, Ledger, Limit, Refusal, Reservation, SettleResult, UsageRow
+
+T = TypeVar("T")
+SIX = ("su", "st", "sc", "ru", "rt", "rc")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS counters (
+  k TEXT PRIMARY KEY, su INTEGER NOT NULL DEFAULT 0, st INTEGER NOT NULL DEFAULT 0,
+  sc INTEGER NOT NULL DEFAULT 0, ru INTEGER NOT NULL DEFAULT 0, rt INTEGER NOT NULL DEFAULT 0,
+  rc INTEGER NOT NULL DEFAULT 0, expires_at REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS counters_exp ON counters(expires_at);
+CREATE TABLE IF NOT EXISTS reservations (id TEXT PRIMARY KEY, body TEXT NOT NULL, expires_at REAL NOT NULL)
+  WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS reservations_exp ON reservations(expires_at);
+CREATE TABLE IF NOT EXISTS settled (id TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS settled_at ON settled(at);
+CREATE TABLE IF NOT EXISTS limits (rk TEXT PRIMARY KEY, spec TEXT NOT NULL, expires_at REAL NOT NULL)
+  WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS marks (k TEXT PRIMARY KEY, expires_at REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rates (k TEXT PRIMARY KEY, level REAL NOT NULL, at REAL NOT NULL) WITHOUT ROWID;
+"""
+
+PRUNE_EVERY = 60.0  # seconds between clean-ups of expired rows, per process
+SWEEP_BATCH = 100  # expired reservations released per reserve, bounding its cost
+
+
+class SqliteLedger(Ledger):
+    def __init__(self, path: str, *, reservation_ttl: float = 900.0, settled_ttl: float = 2 * 86400,
+                 synchronous: str = "NORMAL", busy_timeout_ms: int = 5000) -> None:
+        self.path = path
+        self.reservation_ttl = float(reservation_ttl)
+        self.settled_ttl = float(settled_ttl)
+        self._synchronous = synchronous.upper()
+        self._busy_ms = int(busy_timeout_ms)
+        # One thread: SQLite serialises writers anyway, and a single connection keeps every call short.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="otelgate-ledger")
+        self._conn_obj: sqlite3.Connection | None = None
+        self._last_prune = 0.0
+        self._closed = False
+
+    # -- plumbing -------------------------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        if self._conn_obj is None:
+            c = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            c.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+            c.execute("PRAGMA journal_mode=WAL")
+            c.execute(f"PRAGMA synchronous={self._synchronous}")
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                for stmt in SCHEMA.split(";"):
+                    if stmt.strip():
+                        c.execute(stmt)
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            self._conn_obj = c
+        return self._conn_obj
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._closed:
+            raise RuntimeError("ledger is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def _txn(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        c = self._conn()
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            out = fn(c)
+            c.execute("COMMIT")
+            return out
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
+    # -- counter primitives (inside a transaction) ----------------------------------------------------
+    @staticmethod
+    def _get(c: sqlite3.Connection, k: str) -> list[int]:
+        row = c.execute("SELECT su, st, sc, ru, rt, rc FROM counters WHERE k = ?", (k,)).fetchone()
+        return list(row) if row else [0] * 6
+
+    def _roll(self, c: sqlite3.Connection, ref: CounterRef, now: float) -> int:
+        """Move buckets that left the rolling window out of its total; returns the cutoff."""
+        z = ref.bucket_seconds
+        cutoff = int((now - ref.window_seconds) // z) * z
+        lo, hi = f"{ref.key}|b|", f"{ref.key}|b|{cutoff:012d}"
+        old = c.execute("SELECT su, st, sc, ru, rt, rc FROM counters WHERE k >= ? AND k < ?", (lo, hi)).fetchall()
+        if old:
+            tot = [sum(r[i] for r in old) for i in range(6)]
+            c.execute("UPDATE counters SET su = su - ?, st = st - ?, sc = sc - ?, ru = ru - ?, rt = rt - ?, "
+                      "rc = rc - ? WHERE k = ?", (*tot, f"{ref.key}|t"))
+            c.execute("DELETE FROM counters WHERE k >= ? AND k < ?", (lo, hi))
+        return cutoff
+
+    def _read(self, c: sqlite3.Connection, ref: CounterRef, now: float) -> list[int]:
+        if ref.rolling:
+            self._roll(c, ref, now)
+            return self._get(c, f"{ref.key}|t")
+        row = c.execute("SELECT su, st, sc, ru, rt, rc, expires_at FROM counters WHERE k = ?",
+                        (ref.key,)).fetchone()
+        if row is None:
+            return [0] * 6
+        if row[6] < now:  # an idle session that outlived its TTL starts afresh
+            c.execute("DELETE FROM counters WHERE k = ?", (ref.key,))
+            return [0] * 6
+        return list(row[:6])
+
+    @staticmethod
+    def _add(c: sqlite3.Connection, k: str, d: tuple[int, ...], expires_at: float, slide: bool) -> None:
+        exp_sql = "?" if slide else "MAX(expires_at, ?)"
+        cur = c.execute(
+            "UPDATE counters SET su = su + ?, st = st + ?, sc = sc + ?, ru = MAX(0, ru + ?), "
+            f"rt = MAX(0, rt + ?), rc = MAX(0, rc + ?), expires_at = {exp_sql} WHERE k = ?",
+            (*d, expires_at, k))
+        if cur.rowcount == 0:
+            c.execute("INSERT INTO counters (k, su, st, sc, ru, rt, rc, expires_at) VALUES (?,?,?,?,?,?,?,?)",
+                      (k, *(max(0, x) for x in d), expires_at))
+
+    def _apply(self, c: sqlite3.Connection, ref: CounterRef, d: tuple[int, ...], now: float) -> None:
+        if ref.rolling:
+            cutoff = self._roll(c, ref, now)
+            if ref.bucket < cutoff:
+                return  # the bucket this request was charged to has already aged out of the window
+            exp = now + ref.window_seconds + ref.bucket_seconds + 60
+            self._add(c, f"{ref.key}|b|{ref.bucket:012d}", d, exp, False)
+            self._add(c, f"{ref.key}|t", d, exp, False)
+        elif ref.sliding_ttl:
+            self._add(c, ref.key, d, now + ref.sliding_ttl, True)
+        else:
+            self._add(c, ref.key, d, ref.expires_at, False)
+
+    @staticmethod
+    def _register(c: sqlite3.Connection, ref: CounterRef, now: float) -> None:
+        exp = now + ref.sliding_ttl if ref.sliding_ttl else max(ref.expires_at, now + ref.window_seconds)
+        c.execute("INSERT INTO limits (rk, spec, expires_at) VALUES (?, ?, ?) ON CONFLICT(rk) DO UPDATE "
+                  "SET spec = excluded.spec, expires_at = MAX(limits.expires_at, excluded.expires_at)",
+                  (ref.rk, ref.wire()["L"], exp))
+
+    def _rolling_reset(self, c: sqlite3.Connection, ref: CounterRef, u: int, allowed: int) -> float | None:
+        if allowed < 0:
+            return None
+        cur = self._get(c, f"{ref.key}|t")
+        total = cur[u] + cur[u + 3]
+        rows = c.execute("SELECT k, su, st, sc, ru, rt, rc FROM counters WHERE k >= ? AND k < ? ORDER BY k",
+                         (f"{ref.key}|b|", f"{ref.key}|b|~")).fetchall()
+        for row in rows:
+            total -= row[1 + u] + row[4 + u]
+            if total <= allowed:
+                return float(int(row[0].rsplit("|", 1)[1]) + ref.bucket_seconds + ref.window_seconds)
+        return None
+
+    def _drop_reservation(self, c: sqlite3.Connection, rid: str, body: str, now: float) -> None:
+        p = json.loads(body)
+        a = p["amt"]
+        for w in p["refs"]:
+            self._apply(c, CounterRef.from_wire(w), (0, 0, 0, -a[0], -a[1], -a[2]), now)
+        c.execute("DELETE FROM reservations WHERE id = ?", (rid,))
+
+    def _sweep(self, c: sqlite3.Connection, now: float) -> None:
+        rows = c.execute("SELECT id, body FROM reservations WHERE expires_at < ? LIMIT ?",
+                         (now, SWEEP_BATCH)).fetchall()
+        for rid, body in rows:
+            self._drop_reservation(c, rid, body, now)
+
+    def _maybe_prune(self, now: float) -> None:
+        if now - self._last_prune < PRUNE_EVERY:
+            return
+        self._last_prune = now
+
+        def prune(c: sqlite3.Connection) -> None:
+            c.execute("DELETE FROM counters WHERE expires_at < ?", (now,))
+            c.execute("DELETE FROM settled WHERE at < ?", (now - self.settled_ttl,))
+            c.execute("DELETE FROM marks WHERE expires_at < ?", (now,))
+            c.execute("DELETE FROM limits WHERE expires_at < ?", (now,))
+            c.execute("DELETE FROM rates WHERE at < ?", (now - 120,))
+
+        self._txn(prune)
+
+    # -- operations (run on the ledger thread) -------------------------------------------------------
+    def _reserve_sync(self, rid: str, refs: list[CounterRef], amt: tuple[int, int, int], now: float,
+                      limits: tuple[Limit, ...], amount: Amount) -> Reservation | Refusal:
+        def body(c: sqlite3.Connection) -> Reservation | Refusal | str:
+            self._sweep(c, now)
+            row = c.execute("SELECT expires_at FROM reservations WHERE id = ?", (rid,)).fetchone()
+            if row:  # a retried reserve of the same request holds nothing twice
+                return Reservation(rid, amount, limits, row[0])
+            if c.execute("SELECT 1 FROM settled WHERE id = ?", (rid,)).fetchone():
+                return "settled"
+            for ref in refs:
+                v = self._read(c, ref, now)
+                for u in range(3):
+                    lim = ref.limits_nano[u]
+                    if lim >= 0 and v[u] + v[u + 3] + amt[u] > lim:
+                        reset = self._rolling_reset(c, ref, u, lim - amt[u]) if ref.rolling else None
+                        return refusal_for(ref, u, v[u] + v[u + 3], amt[u], reset)
+            for ref in refs:
+                self._apply(c, ref, (0, 0, 0, *amt), now)
+                self._register(c, ref, now)
+            exp = now + self.reservation_ttl
+            payload = json.dumps({"refs": [r.wire() for r in refs], "amt": list(amt)}, separators=(",", ":"))
+            c.execute("INSERT INTO reservations (id, body, expires_at) VALUES (?, ?, ?)", (rid, payload, exp))
+            return Reservation(rid, amount, limits, exp)
+
+        out = self._txn(body)
+        self._maybe_prune(now)
+        if out == "settled":
+            raise ValueError(f"request {rid!r} was already settled")
+        assert not isinstance(out, str)
+        return out
+
+    def _settle_sync(self, rid: str, actual: tuple[int, int, int], fallback: list[CounterRef],
+                     now: float) -> SettleResult:
+        def body(c: sqlite3.Connection) -> SettleResult:
+            if c.execute("SELECT 1 FROM settled WHERE id = ?", (rid,)).fetchone():
+                return SettleResult(rid, False)
+            row = c.execute("SELECT body FROM reservations WHERE id = ?", (rid,)).fetchone()
+            if row:
+                p = json.loads(row[0])
+                refs, a = [CounterRef.from_wire(w) for w in p["refs"]], p["amt"]
+                c.execute("DELETE FROM reservations WHERE id = ?", (rid,))
+            else:
+                refs, a = fallback, [0, 0, 0]
+            spends = []
+            for ref in refs:
+                self._apply(c, ref, (*actual, -a[0], -a[1], -a[2]), now)
+                if not row:
+                    self._register(c, ref, now)
+                v = self._get(c, f"{ref.key}|t" if ref.rolling else ref.key)
+                spends.append(window_spend(ref, v))
+            c.execute("INSERT INTO settled (id, at) VALUES (?, ?)", (rid, now))
+            return SettleResult(rid, True, tuple(spends))
+
+        return self._txn(body)
+
+    def _release_sync(self, rid: str, now: float) -> bool:
+        def body(c: sqlite3.Connection) -> bool:
+            row = c.execute("SELECT body FROM reservations WHERE id = ?", (rid,)).fetchone()
+            if not row:
+                return False
+            self._drop_reservation(c, rid, row[0], now)
+            return True
+
+        return self._txn(body)
+
+    def _registered(self, c: sqlite3.Connection, scope: str | None, scope_id: str | None,
+                    now: float) -> list[Limit]:
+        if scope is not None and scope_id is not None:
+            p = scope_prefix(scope, scope_id)
+            rows = c.execute("SELECT spec FROM limits WHERE rk >= ? AND rk < ? AND expires_at >= ?",
+                             (p, p + "~", now)).fetchall()
+        else:
+            rows = c.execute("SELECT spec FROM limits WHERE expires_at >= ?", (now,)).fetchall()
+        out = [Limit.from_dict(json.loads(r[0])) for r in rows]
+        return [x for x in out if scope is None or x.scope == scope]
+
+    def _usage_sync(self, scope: str | None, scope_id: str | None, limits: list[Limit] | None,
+                    now: float) -> list[UsageRow]:
+        def body(c: sqlite3.Connection) -> list[UsageRow]:
+            lims = limits if limits is not None else self._registered(c, scope, scope_id, now)
+            rows: list[UsageRow] = []
+            for ref in plan(lims, now):
+                rows.extend(usage_rows(ref, self._read(c, ref, now)))
+            return rows
+
+        return self._txn(body)
+
+    def _reset_sync(self, scope: str, scope_id: str, now: float) -> None:
+        def body(c: sqlite3.Connection) -> None:
+            p = scope_prefix(scope, scope_id)
+            # Spent goes to zero; in-flight reservations stay held so their settle still balances.
+            c.execute("UPDATE counters SET su = 0, st = 0, sc = 0 WHERE k >= ? AND k < ?", (p, p + "~"))
+            m = alert_mark_prefix(scope, scope_id)
+            c.execute("DELETE FROM marks WHERE k >= ? AND k < ?", (m, m + "~"))
+
+        self._txn(body)
+
+    def _rate_sync(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int,
+                   now: float) -> Refusal | None:
+        caps = {"requests": rpm, "tokens": tpm}
+        needs = {"requests": 1.0, "tokens": float(tokens)}
+
+        def body(c: sqlite3.Connection) -> Refusal | None:
+            levels: dict[str, float] = {}
+            for unit, cap in caps.items():
+                if cap is None:
+                    continue
+                row = c.execute("SELECT level, at FROM rates WHERE k = ?", (f"{key_id}|{unit}",)).fetchone()
+                levels[unit] = ratelimit.refill(row[0] if row else None, row[1] if row else None, cap, now)
+            refusal = ratelimit.check(key_id, levels, {k: v for k, v in caps.items() if v is not None},
+                                      needs, now)
+            if refusal is None:
+                for unit in levels:
+                    c.execute("INSERT INTO rates (k, level, at) VALUES (?, ?, ?) ON CONFLICT(k) DO UPDATE "
+                              "SET level = excluded.level, at = excluded.at",
+                              (f"{key_id}|{unit}", levels[unit] - needs[unit], now))
+            return refusal
+
+        return self._txn(body)
+
+    def _claim_sync(self, mark: str, ttl: float, now: float) -> bool:
+        c = self._conn()
+        cur = c.execute("INSERT INTO marks (k, expires_at) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET "
+                        "expires_at = excluded.expires_at WHERE marks.expires_at < ?", (mark, now + ttl, now))
+        return cur.rowcount == 1
+
+    # -- public async API -----------------------------------------------------------------------------
+    async def reserve(self, request_id: str, limits: list[Limit], amount: Amount,
+                      now: float | None = None) -> Reservation | Refusal:
+        now = time.time() if now is None else now
+        return await self._run(self._reserve_sync, request_id, plan(limits, now), amount.to_nano(), now,
+                               tuple(limits), amount)
+
+    async def settle(self, request_id: str, actual: Amount, limits: list[Limit] | None = None,
+                     now: float | None = None) -> SettleResult:
+        now = time.time() if now is None else now
+        return await self._run(self._settle_sync, request_id, actual.to_nano(), plan(limits or [], now), now)
+
+    async def _release(self, request_id: str, now: float) -> bool:
+        return await self._run(self._release_sync, request_id, now)
+
+    async def usage(self, scope: str | None = None, scope_id: str | None = None, *,
+                    limits: list[Limit] | None = None, now: float | None = None) -> list[UsageRow]:
+        now = time.time() if now is None else now
+        return await self._run(self._usage_sync, scope, scope_id, limits, now)
+
+    async def reset(self, scope: str, scope_id: str, now: float | None = None) -> None:
+        await self._run(self._reset_sync, scope, scope_id, time.time() if now is None else now)
+
+    async def rate_limit(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int = 0,
+                         now: float | None = None) -> Refusal | None:
+        if rpm is None and tpm is None:
+            return None
+        return await self._run(self._rate_sync, key_id, rpm, tpm, tokens, time.time() if now is None else now)
+
+    async def claim_once(self, mark: str, ttl_seconds: float) -> bool:
+        return await self._run(self._claim_sync, mark, ttl_seconds, time.time())
+
+    async def ping(self) -> None:
+        await self._run(lambda: self._conn().execute("SELECT 1").fetchone())
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+
+        def shut() -> None:
+            if self._conn_obj is not None:
+                self._conn_obj.close()
+                self._conn_obj = None
+
+        await asyncio.get_running_loop().run_in_executor(self._pool, shut)
+        self._closed = True
+        self._pool.shutdown(wait=False)
