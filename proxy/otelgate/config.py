@@ -100,6 +100,8 @@ class UpstreamConfig(_Model):
     fallbacks: dict[str, list[str]] = Field(default_factory=dict)
     max_inflight: int = Field(1024, ge=1)
     max_queue_wait: float = Field(2.0, ge=0)
+    # At most this many requests wait for an in-flight slot; beyond, an immediate 529 (Anthropic) / 503 (OpenAI).
+    max_queue: int = Field(1024, ge=0)
     propagate_trace_context: bool = False
     pool_size: int = Field(512, ge=1)
 
