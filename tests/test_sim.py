@@ -492,15 +492,19 @@ def test_in_thread_with_sync_sdk_clients() -> None:
         assert sim.requests[0].headers["AUTHORIZATION"] == "Bearer k" and sim.requests[0].json()["stream"] is True
 
 
-async def test_standalone_cli_serves_and_stops_on_sigterm() -> None:
+async def test_standalone_cli_serves_and_stops_on_sigterm(tmp_path: Any) -> None:
+    script = tmp_path / "case.yaml"
+    script.write_text("llm:\n  - text: from the yaml script\n")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "otelgate.sim", "--port", "0", "--chunks", "2",
+        sys.executable, "-m", "otelgate.sim", "--port", "0", "--chunks", "2", "--script", str(script),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert proc.stdout is not None
         url = (await asyncio.wait_for(proc.stdout.readline(), 15)).decode().strip()
         assert url.startswith("http://127.0.0.1:")
         client = anthropic.AsyncAnthropic(base_url=url, api_key="k", max_retries=0)
+        msg = await client.messages.create(model="m", max_tokens=20, messages=USER)
+        assert msg.content[0].text == "from the yaml script"
         msg = await client.messages.create(model="m", max_tokens=20, messages=USER)
         assert msg.content[0].text.startswith("Simulated answer")
     finally:

@@ -13,11 +13,13 @@ Usage::
         client = anthropic.AsyncAnthropic(base_url=sim.url, api_key="k")
         openai_client = openai.AsyncOpenAI(base_url=sim.openai_base_url, api_key="k")
         sim.requests            # list[SimRequest] (.method .path .route .headers .body .json() .queue .time .step)
+        sim.requests_for("a")   # only those drawn from queue "a";  sim.remaining("a") -> steps left;  sim.reset()
 
     with SimUpstream.in_thread(port=0) as sim:             # the same sim on a background thread, for sync code
         ...
 
-    python -m otelgate.sim --host 127.0.0.1 --port 8790 [--chunks N] [--latency-ms M]   # standalone
+    python -m otelgate.sim --host 127.0.0.1 --port 8790 [--chunks N] [--latency-ms M] [--script steps.yaml]
+    # standalone; prints its base URL alone on the first stdout line (use --port 0 for a free port)
 
 Without a script every request gets a short deterministic answer echoing the start of the last user message,
 ``stop_reason: end_turn`` / ``finish_reason: stop``. Usage is deterministic: input tokens = characters of the
