@@ -155,11 +155,24 @@ def create_app(
         app.router.add_get("/metrics", telemetry.metrics_handler, allow_head=False)
     app.router.add_route("*", "/{tail:.*}", _not_found)
 
+    # Filters may own resources (a store connection, a classifier): `start`/`close` hooks run with the app, and
+    # `health_checks()` adds named readiness probes to /health/deep.
     async def startup(app: web.Application) -> None:
         for upstream in upstreams.values():
             await upstream.start()
+        for stage in pipeline.filters:
+            start = getattr(stage, "start", None)
+            if start is not None:
+                await start()
+            checks = getattr(stage, "health_checks", None)
+            if checks is not None:
+                app[STATE_KEY].setdefault("checks", {}).update(checks())
 
     async def cleanup(app: web.Application) -> None:
+        for stage in reversed(pipeline.filters):
+            close = getattr(stage, "close", None)
+            if close is not None:
+                await close()
         for upstream in upstreams.values():
             await upstream.close()
         if telemetry is not None:
