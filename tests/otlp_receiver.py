@@ -201,6 +201,19 @@ class OtlpReceiver:
                         out[m.name] = Metric(m.name, m.unit, kind, monotonic, points)
         return out
 
+    def exemplars(self, name: str) -> set[tuple[str, str]]:
+        """Every (trace_id, span_id) exemplar of a metric over all exports (the SDK resets them per collection)."""
+        found: set[tuple[str, str]] = set()
+        for request in self.metric_requests:
+            for rm in request.resource_metrics:
+                for sm in rm.scope_metrics:
+                    for m in sm.metrics:
+                        if m.name == name:
+                            data = getattr(m, m.WhichOneof("data"))
+                            for p in data.data_points:
+                                found |= {(e.trace_id.hex(), e.span_id.hex()) for e in p.exemplars}
+        return found
+
     def logs(self) -> list[LogRecord]:
         out = []
         for request in self.log_requests:

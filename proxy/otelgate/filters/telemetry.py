@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 class TelemetryFilter:
     name = "telemetry"
+    observer = True  # runs before ingress: sees every request, also those refused while parsing
 
     def __init__(self, telemetry: Telemetry) -> None:
         self.tel = telemetry

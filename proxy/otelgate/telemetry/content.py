@@ -161,13 +161,18 @@ def output_messages(ctx: RequestContext) -> list[dict[str, Any]]:
     ]
 
 
+# Structural fields of the semconv message shape; every other string is free text (redacted, trimmed).
+_STRUCTURAL_KEYS = frozenset({"type", "role", "id", "name", "finish_reason"})
+
+
 def _walk(node: Any, fn: Callable[[str], str]) -> Any:
+    """Apply fn to every free-text string (message contents, tool arguments and results), keep the structure."""
     if isinstance(node, str):
         return fn(node)
     if isinstance(node, list):
         return [_walk(v, fn) for v in node]
     if isinstance(node, dict):
-        return {k: (_walk(v, fn) if k in ("content", "arguments", "response") else v) for k, v in node.items()}
+        return {k: v if k in _STRUCTURAL_KEYS and isinstance(v, str) else _walk(v, fn) for k, v in node.items()}
     return node
 
 
