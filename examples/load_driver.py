@@ -57,8 +57,10 @@ def pick_scenario(rng: random.Random) -> str:
 
 
 class Driver:
-    def __init__(self, proxy: str, session: aiohttp.ClientSession, rng: random.Random) -> None:
+    def __init__(self, proxy: str, session: aiohttp.ClientSession, rng: random.Random,
+                 slow_delay: float = 12.0) -> None:
         self.proxy = proxy.rstrip("/")
+        self.slow_delay = slow_delay
         self.http = session
         self.rng = rng
         self.statuses: Counter[str] = Counter()
@@ -106,7 +108,7 @@ class Driver:
                  {"tool_call": {"name": tool, "input": {"q": "status"}, "id": call_id}}])}
         elif scenario == "slow":
             first["x-sim-fault"] = json.dumps({"tool_call": {"name": tool, "input": {}, "id": call_id},
-                                               "delay": self.rng.uniform(3, 12)})
+                                               "delay": self.rng.uniform(self.slow_delay / 4, self.slow_delay)})
         messages: list[dict] = [{"role": "user", "content": "What is the status of order 1234?"}]
         await self.call(agent, sid, messages, tool, first)
         result = INJECTION if scenario == "injection" else "Order 1234 shipped yesterday."
@@ -152,7 +154,7 @@ async def run(args: argparse.Namespace) -> Counter[str]:
     limit = asyncio.Semaphore(args.concurrency)
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(timeout=timeout) as http:
-        driver = Driver(args.proxy, http, rng)
+        driver = Driver(args.proxy, http, rng, args.slow_delay)
         tasks: set[asyncio.Task[None]] = set()
 
         async def one() -> None:
@@ -183,6 +185,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32, help="sessions in flight at most")
     ap.add_argument("--duration", type=float, default=0, help="seconds; 0 runs until SIGINT/SIGTERM")
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--slow-delay", type=float, default=12.0,
+                    help="longest upstream delay of a 'slow' session, seconds (they wait 1/4 to all of it)")
     statuses = asyncio.run(run(ap.parse_args()))
     print("final responses:", dict(sorted(statuses.items())), flush=True)
 
