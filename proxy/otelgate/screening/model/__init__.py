@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from itertools import accumulate, pairwise
 
 WINDOW_WORDS = 48
 WINDOW_STRIDE = 24
@@ -47,14 +48,17 @@ class InjectionModel:
     version: str
 
     def window_logits(self, tokens: list[str]) -> list[float]:
-        w = self.weights
-        contrib = [sum(w.get(f, 0.0) for f in feats) for feats in token_features(tokens)]
+        # Same features as token_features(), computed with list comprehensions: this is the hot path.
+        get = self.weights.get
+        uni = [get(t, 0.0) for t in tokens]
+        bi = [get(a + " " + b, 0.0) for a, b in pairwise(tokens)]
+        stem = [get(t[:6] + "*", 0.0) if len(t) > 7 else 0.0 for t in tokens]
+        bi.append(0.0)
+        contrib = list(map(_add3, uni, bi, stem))
         n = len(contrib)
         if n <= WINDOW_WORDS:
             return [self.bias + sum(contrib)]
-        prefix = [0.0]
-        for c in contrib:
-            prefix.append(prefix[-1] + c)
+        prefix = [0.0, *accumulate(contrib)]
         starts = list(range(0, n - WINDOW_WORDS + 1, WINDOW_STRIDE))
         if starts[-1] != n - WINDOW_WORDS:
             starts.append(n - WINDOW_WORDS)
@@ -65,6 +69,10 @@ class InjectionModel:
         if not tokens:
             return 0.0
         return _sigmoid(max(self.window_logits(tokens)))
+
+
+def _add3(a: float, b: float, c: float) -> float:
+    return a + b + c
 
 
 def _sigmoid(x: float) -> float:
