@@ -8,6 +8,12 @@ local F = {'su','st','sc','ru','rt','rc'}
 
 local function n(x) return string.format('%.0f', x) end
 
+-- Expiry is garbage collection only (logic uses the instants passed in), so never in the server's past.
+local function expire_at(k, exp)
+  local t = tonumber(redis.call('TIME')[1])
+  redis.call('EXPIREAT', k, math.ceil(math.max(exp, t + 60)))
+end
+
 local function hget6(k)
   local v = redis.call('HMGET', k, 'su','st','sc','ru','rt','rc')
   for i = 1, 6 do v[i] = tonumber(v[i]) or 0 end
@@ -32,11 +38,14 @@ local function roll(ref, now)
 end
 
 local function read(ref, now)
+  local tk = P .. 'c:' .. ref.k
   if ref.r == 1 then
     roll(ref, now)
-    return hget6(P .. 'c:' .. ref.k)
+  elseif ref.s > 0 then
+    local x = tonumber(redis.call('HGET', tk, 'x'))
+    if x and x < now then redis.call('DEL', tk) end  -- an idle session past its TTL starts afresh
   end
-  return hget6(P .. 'c:' .. ref.k)
+  return hget6(tk)
 end
 
 local function add(k, d)
@@ -60,19 +69,25 @@ local function apply(ref, d, now)
     add(bk, d)
     add(tk, d)
     redis.call('ZADD', tk .. ':z', b, b)
-    redis.call('EXPIREAT', bk, math.ceil(exp))
-    redis.call('EXPIREAT', tk .. ':z', math.ceil(exp))
+    expire_at(bk, exp)
+    expire_at(tk .. ':z', exp)
   else
     add(tk, d)
-    if ref.s > 0 then exp = now + ref.s else exp = ref.e end
+    if ref.s > 0 then
+      exp = now + ref.s
+      redis.call('HSET', tk, 'x', string.format('%.6f', exp))
+    else
+      exp = ref.e
+    end
   end
-  redis.call('EXPIREAT', tk, math.ceil(exp))
+  expire_at(tk, exp)
 end
 
 local function register(ref, now)
   local exp
   if ref.s > 0 then exp = now + ref.s else exp = math.max(ref.e, now + ref.W) end
-  redis.call('SET', P .. 'l:' .. ref.rk, ref.L, 'EXAT', math.ceil(exp))
+  redis.call('SET', P .. 'l:' .. ref.rk, ref.L)
+  expire_at(P .. 'l:' .. ref.rk, exp)
   redis.call('ZADD', P .. 'lidx', exp, ref.rk)
 end
 
@@ -138,7 +153,7 @@ for _, ref in ipairs(p.refs) do
 end
 local exp = string.format('%.6f', now + ttl)
 redis.call('HSET', rk, 'body', ARGV[5], 'exp', exp)
-redis.call('EXPIREAT', rk, math.ceil(now + ttl + 3600))
+expire_at(rk, now + ttl + 3600)
 redis.call('ZADD', P .. 'rexp', exp, id)
 return {1, exp}
 """

@@ -1,0 +1,417 @@
+"""One suite for every ledger store (SQLite file, real redis-server), plus the crash, multi-process and
+store-outage behaviour. Instants are passed explicitly where a window boundary matters."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from otelgate.budgets import (
+    Amount,
+    Ledger,
+    Limit,
+    Refusal,
+    Reservation,
+    ResilientLedger,
+    SqliteLedger,
+    StoreUnavailable,
+    Window,
+    open_ledger,
+)
+from otelgate.budgets.redis import RedisLedger
+from otelgate.budgets.resilient import JournalEntry
+from redisutil import RedisServer, redis_factory_fixture, redis_fixture
+
+redis_server = redis_fixture(scope="module")
+redis_factory = redis_factory_fixture()
+
+T0 = datetime(2026, 11, 26, 15, 30, tzinfo=UTC).timestamp()  # a fixed Thursday afternoon
+DAY = Window.day()
+
+
+def usd_limit(usd: float, scope: str = "key", sid: str = "team-a", window: Window = DAY) -> Limit:
+    return Limit(scope, sid, window, usd=usd)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Ledger]:
+    if request.param == "sqlite":
+        led: Ledger = SqliteLedger(str(tmp_path / "ledger.db"))
+    else:
+        srv: RedisServer = request.getfixturevalue("redis_server")
+        led = RedisLedger(srv.url, prefix=f"t{uuid.uuid4().hex[:8]}:")
+    try:
+        yield led
+    finally:
+        await led.close()
+
+
+async def spent(led: Ledger, limit: Limit, unit: str = "usd", now: float = T0) -> float:
+    rows = [r for r in await led.usage(limits=[limit], now=now) if r.unit == unit]
+    assert len(rows) == 1
+    return rows[0].spent + rows[0].reserved
+
+
+# -- the contract ---------------------------------------------------------------------------------------
+async def test_reserve_settle_exactly_once(ledger: Ledger) -> None:
+    lim = usd_limit(1.0)
+    r = await ledger.reserve("r1", [lim], Amount(0.5, 1000, 1), now=T0)
+    assert isinstance(r, Reservation)
+    assert await spent(ledger, lim) == pytest.approx(0.5)  # held while in flight
+    s1 = await ledger.settle("r1", Amount(0.2, 400, 1), now=T0 + 1)
+    assert s1.applied and s1.spends[0].spent.usd == pytest.approx(0.2)
+    s2 = await ledger.settle("r1", Amount(0.2, 400, 1), now=T0 + 2)
+    assert not s2.applied
+    assert await spent(ledger, lim) == pytest.approx(0.2)
+    with pytest.raises(ValueError):
+        await ledger.reserve("r1", [lim], Amount(0.1), now=T0 + 3)
+
+
+async def test_release_frees_and_settle_without_reservation_records(ledger: Ledger) -> None:
+    lim = usd_limit(1.0)
+    assert isinstance(await ledger.reserve("a", [lim], Amount(0.9), now=T0), Reservation)
+    assert isinstance(await ledger.reserve("b", [lim], Amount(0.2), now=T0), Refusal)
+    assert await ledger.release("a", now=T0)
+    assert not await ledger.release("a", now=T0)
+    assert await spent(ledger, lim) == 0
+    # e.g. after a restart that lost the reservation: usage is still recorded, once
+    res = await ledger.settle("lost", Amount(0.3, 10, 1), limits=[lim], now=T0)
+    assert res.applied and await spent(ledger, lim) == pytest.approx(0.3)
+    assert not (await ledger.settle("lost", Amount(0.3, 10, 1), limits=[lim], now=T0)).applied
+    assert await spent(ledger, lim) == pytest.approx(0.3)
+
+
+async def test_all_or_nothing_across_windows(ledger: Ledger) -> None:
+    day, month = usd_limit(10.0), usd_limit(1.0, window=Window.month())
+    team = Limit("team", "support", DAY, tokens=5000)
+    out = await ledger.reserve("x", [day, team, month], Amount(2.0, 100, 1), now=T0)
+    assert isinstance(out, Refusal) and out.window.kind == "month"
+    for lim, unit in ((day, "usd"), (team, "tokens"), (month, "usd")):
+        assert await spent(ledger, lim, unit) == 0  # nothing held anywhere
+    assert isinstance(await ledger.reserve("y", [day, team, month], Amount(0.5, 100, 1), now=T0), Reservation)
+    assert await spent(ledger, team, "tokens") == 100
+
+
+async def test_refusal_names_limit_and_reset(ledger: Ledger) -> None:
+    lim = usd_limit(10.0)
+    await ledger.settle("s", Amount(9.5), limits=[lim], now=T0)
+    out = await ledger.reserve("r", [lim], Amount(0.75), now=T0)
+    assert isinstance(out, Refusal)
+    assert (out.scope, out.scope_id, out.unit, out.limit) == ("key", "team-a", "usd", 10.0)
+    assert out.spent == pytest.approx(9.5)
+    assert out.reset_at == datetime(2026, 11, 27, tzinfo=UTC).timestamp()
+    assert out.message() == "daily budget of $10.00 for key team-a reached; resets at 00:00 UTC"
+    assert out.retry_after(now=T0) == 8 * 3600 + 30 * 60
+    # a new day, a new budget
+    assert isinstance(await ledger.reserve("r", [lim], Amount(0.75), now=out.reset_at), Reservation)
+
+
+async def test_month_window_in_a_timezone(ledger: Ledger) -> None:
+    w = Window.month(tz="Europe/Paris")
+    lim = Limit("team", "support", w, tokens=1000)
+    await ledger.settle("s", Amount(0, 1000, 1), limits=[lim], now=T0)
+    out = await ledger.reserve("r", [lim], Amount(0, 1, 1), now=T0)
+    assert isinstance(out, Refusal)
+    assert out.message() == ("monthly budget of 1,000 tokens for team support reached; "
+                             "resets at 00:00 Europe/Paris on 2026-12-01")
+    # Paris is UTC+1 in December: the month starts at 23:00 UTC on Nov 30
+    assert out.reset_at == datetime(2026, 11, 30, 23, tzinfo=UTC).timestamp()
+
+
+async def test_session_calls_and_ttl(ledger: Ledger) -> None:
+    lim = Limit("session", "abc", Window.session(ttl_seconds=3600), calls=2, usd=5.0)
+    for i in range(2):
+        assert isinstance(await ledger.reserve(f"c{i}", [lim], Amount(0.1, 10, 1), now=T0 + i), Reservation)
+        await ledger.settle(f"c{i}", Amount(0.1, 10, 1), now=T0 + i)
+    out = await ledger.reserve("c2", [lim], Amount(0.1, 10, 1), now=T0 + 10)
+    assert isinstance(out, Refusal) and out.reset_at is None and out.retry_after() is None
+    assert out.message() == "session limit of 2 calls for session abc reached"
+    # an idle session past its TTL is a new session
+    assert isinstance(await ledger.reserve("c3", [lim], Amount(0.1, 10, 1), now=T0 + 3602), Reservation)
+
+
+async def test_global_message() -> None:
+    r = Refusal("global", "*", DAY, "usd", 100.0, 100.0, 1.0, datetime(2026, 11, 27, tzinfo=UTC).timestamp())
+    assert r.message() == "global daily budget of $100.00 reached; resets at 00:00 UTC"
+
+
+async def test_rolling_window_ages_out(ledger: Ledger) -> None:
+    w = Window.hours(1)
+    assert w.bucket_seconds == 60
+    lim = Limit("key", "k", w, usd=1.0)
+    await ledger.settle("a", Amount(0.6), limits=[lim], now=T0)
+    await ledger.settle("b", Amount(0.3), limits=[lim], now=T0 + 1200)
+    out = await ledger.reserve("c", [lim], Amount(0.5), now=T0 + 1800)
+    assert isinstance(out, Refusal) and out.spent == pytest.approx(0.9)
+    # the first $0.60 ages out one hour (plus at most one bucket) after it was spent
+    assert T0 + 3600 <= out.reset_at <= T0 + 3600 + 60
+    assert out.message().startswith("1-hour budget of $1.00 for key k reached; frees up at")
+    assert isinstance(await ledger.reserve("c", [lim], Amount(0.5), now=out.reset_at), Reservation)
+    assert await spent(ledger, lim, now=out.reset_at) == pytest.approx(0.8)
+
+
+async def test_crashed_reservation_expires(ledger: Ledger) -> None:
+    lim = usd_limit(1.0)
+    assert isinstance(await ledger.reserve("crashed", [lim], Amount(0.9), now=T0), Reservation)
+    assert isinstance(await ledger.reserve("next", [lim], Amount(0.5), now=T0 + 60), Refusal)
+    later = T0 + ledger.reservation_ttl + 1
+    assert isinstance(await ledger.reserve("next", [lim], Amount(0.5), now=later), Reservation)
+    assert await spent(ledger, lim, now=later) == pytest.approx(0.5)
+    # the late settle of the crashed request still counts, at its own request id
+    assert (await ledger.settle("crashed", Amount(0.1), limits=[lim], now=later)).applied
+    assert await spent(ledger, lim, now=later) == pytest.approx(0.6)
+
+
+async def test_usage_and_reset(ledger: Ledger) -> None:
+    a = Limit("key", "a", DAY, usd=10.0, tokens=1000)
+    b = Limit("key", "b", Window.hours(24), usd=5.0)
+    await ledger.settle("1", Amount(1.25, 100, 1), limits=[a, b], now=T0)
+    assert isinstance(await ledger.reserve("2", [a], Amount(0.5, 50, 1), now=T0), Reservation)
+    rows = {(r.scope_id, r.window.kind, r.unit): r for r in await ledger.usage(now=T0)}
+    assert set(rows) == {("a", "day", "usd"), ("a", "day", "tokens"), ("b", "hours", "usd")}
+    r = rows[("a", "day", "usd")]
+    assert (r.spent, r.reserved, r.limit, r.remaining) == pytest.approx((1.25, 0.5, 10.0, 8.25))
+    assert [x.scope_id for x in await ledger.usage("key", "b", now=T0)] == ["b"]
+    await ledger.reset("key", "a", now=T0)
+    r = next(x for x in await ledger.usage("key", "a", now=T0) if x.unit == "usd")
+    assert (r.spent, r.reserved) == pytest.approx((0.0, 0.5))  # the in-flight request still holds
+    assert (await ledger.settle("2", Amount(0.5, 50, 1), now=T0)).applied
+    assert await spent(ledger, a) == pytest.approx(0.5)
+
+
+async def test_rate_limit_token_bucket(ledger: Ledger) -> None:
+    assert await ledger.rate_limit("k", rpm=2, tpm=1000, tokens=100, now=T0) is None
+    assert await ledger.rate_limit("k", rpm=2, tpm=1000, tokens=100, now=T0) is None
+    out = await ledger.rate_limit("k", rpm=2, tpm=1000, tokens=100, now=T0)
+    assert isinstance(out, Refusal) and out.unit == "requests" and out.reason == "rate_limit"
+    assert out.reset_at == pytest.approx(T0 + 30)  # one request refills every 30 s at 2/min
+    assert out.message(now=T0) == "rate limit of 2 requests per minute for key k reached; retry in 30 s"
+    assert await ledger.rate_limit("k", rpm=2, tpm=1000, tokens=100, now=T0 + 30) is None
+    out = await ledger.rate_limit("k", rpm=None, tpm=1000, tokens=950, now=T0 + 30)  # 900 left
+    assert isinstance(out, Refusal) and out.unit == "tokens"
+    assert await ledger.rate_limit("k", rpm=None, tpm=None, tokens=10**9) is None
+
+
+async def test_claim_once(ledger: Ledger) -> None:
+    results = await asyncio.gather(*(ledger.claim_once("alert|x", 60) for _ in range(20)))
+    assert results.count(True) == 1
+
+
+# -- the overspend bound under concurrency ----------------------------------------------------------------
+async def race(led: Ledger, lim: Limit, n: int, reserve_usd: float, over: float, seed: int,
+               tag: str) -> tuple[int, float]:
+    """n concurrent requests; each settles a random actual, exceeding its reservation by up to ``over``.
+    Returns (admitted, sum of excess over the reservations)."""
+    rnd = random.Random(seed)
+
+    async def one(i: int) -> tuple[bool, float]:
+        rid = f"{tag}-{i}"
+        r = await led.reserve(rid, [lim], Amount(reserve_usd, 100, 1))
+        if isinstance(r, Refusal):
+            return False, 0.0
+        await asyncio.sleep(rnd.random() * 0.01)  # the upstream call
+        actual = reserve_usd * rnd.uniform(0.2, 1.0 + over)
+        await led.settle(rid, Amount(actual, 50, 1))
+        return True, max(0.0, actual - reserve_usd)
+
+    out = await asyncio.gather(*(one(i) for i in range(n)))
+    return sum(a for a, _ in out), sum(x for _, x in out)
+
+
+@pytest.mark.parametrize("over", [0.0, 0.5])
+async def test_last_dollar_race_tasks(ledger: Ledger, over: float) -> None:
+    lim = usd_limit(10.0)
+    await ledger.settle("pre", Amount(9.0), limits=[lim])  # one dollar left
+    admitted, excess = await race(ledger, lim, 100, 0.05, over, 7, "t")
+    total = await spent(ledger, lim, now=time.time())
+    assert 20 <= admitted < 100
+    # the documented bound: limit + what settled above its reservation
+    assert total <= 10.0 + excess + 1e-9
+    if over == 0.0:
+        assert total <= 10.0 + 1e-9
+
+
+WORKER = r"""
+import asyncio, json, sys
+sys.path[:0] = json.loads(sys.argv[3])
+from test_ledger import race, usd_limit
+from otelgate.budgets import open_ledger
+async def main():
+    led = open_ledger(sys.argv[1])
+    try:
+        print(json.dumps(await race(led, usd_limit(10.0), int(sys.argv[2]), 0.05, 0.0, hash(sys.argv[4]) % 999,
+                                    sys.argv[4])))
+    finally:
+        await led.close()
+asyncio.run(main())
+"""
+
+
+def run_workers(url: str, procs: int, per_proc: int) -> list[tuple[int, float]]:
+    paths = json.dumps([str(Path(__file__).parent)])
+    ps = [subprocess.Popen([sys.executable, "-c", WORKER, url, str(per_proc), paths, f"p{i}"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(procs)]
+    out = []
+    for p in ps:
+        so, se = p.communicate(timeout=60)
+        assert p.returncode == 0, se
+        out.append(tuple(json.loads(so.strip().splitlines()[-1])))
+    return out
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+async def test_last_dollar_race_processes(store: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    if store == "sqlite":
+        url, procs = f"sqlite:///{tmp_path}/shared.db", 4
+    else:
+        srv: RedisServer = request.getfixturevalue("redis_server")
+        await RedisLedger(srv.url).close()
+        url, procs = srv.url.replace("/0", "/1"), 2
+    lim = usd_limit(10.0)
+    led = open_ledger(url)
+    try:
+        await led.settle("pre", Amount(9.0), limits=[lim])
+        results = await asyncio.to_thread(run_workers, url, procs, 100 // procs)
+        total = await spent(led, lim, now=time.time())
+    finally:
+        await led.close()
+    admitted = sum(a for a, _ in results)
+    assert 20 <= admitted < 100
+    assert total <= 10.0 + 1e-9
+
+
+# -- durability -------------------------------------------------------------------------------------------
+KILLED = r"""
+import asyncio, sys
+from otelgate.budgets import Amount, Limit, SqliteLedger, Window
+async def main():
+    led = SqliteLedger(sys.argv[1])
+    lim = Limit("key", "k", Window.day(), calls=10**9)
+    i = 0
+    while True:
+        await led.settle(f"s{i}", Amount(0.001, 10, 1), limits=[lim])
+        print(i, flush=True)  # acknowledged: the settle committed
+        i += 1
+asyncio.run(main())
+"""
+
+
+def run_and_kill(db: str) -> int:
+    """Run the settling loop, SIGKILL it mid-stream; returns the last acknowledged settle."""
+    p = subprocess.Popen([sys.executable, "-c", KILLED, db], stdout=subprocess.PIPE, text=True)
+    acked = -1
+    assert p.stdout is not None
+    deadline = time.monotonic() + 30
+    while acked < 200 and time.monotonic() < deadline:
+        acked = int(p.stdout.readline())
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    for line in p.stdout.read().split():  # acks still in the pipe when the process died
+        acked = int(line)
+    return acked
+
+
+async def test_sqlite_survives_kill_9(tmp_path: Path) -> None:
+    db = str(tmp_path / "crash.db")
+    acked = await asyncio.to_thread(run_and_kill, db)
+    led = SqliteLedger(db)
+    try:
+        rows = await led.usage("key", "k")
+        calls = rows[0].spent
+        # every acknowledged settle is there; at most one more committed before its ack was printed
+        assert acked + 1 <= calls <= acked + 2
+        assert not (await led.settle(f"s{acked}", Amount(0.001, 10, 1))).applied
+    finally:
+        await led.close()
+
+
+async def test_sqlite_survives_restart(tmp_path: Path) -> None:
+    db = str(tmp_path / "r.db")
+    lim = usd_limit(1.0)
+    led = SqliteLedger(db)
+    await led.reserve("held", [lim], Amount(0.4), now=T0)
+    await led.settle("done", Amount(0.3), limits=[lim], now=T0)
+    await led.close()
+    led = open_ledger(f"sqlite:///{db}")
+    try:
+        assert await spent(led, lim) == pytest.approx(0.7)
+        assert (await led.settle("held", Amount(0.1), now=T0)).applied
+        assert await spent(led, lim) == pytest.approx(0.4)
+    finally:
+        await led.close()
+
+
+# -- store outages ----------------------------------------------------------------------------------------
+async def eventually(fn, deadline_s: float = 10.0):  # type: ignore[no-untyped-def]
+    end = time.monotonic() + deadline_s
+    while True:
+        try:
+            return await fn()
+        except StoreUnavailable:
+            if time.monotonic() > end:
+                raise
+            await asyncio.sleep(0.05)
+
+
+async def test_fail_open_journals_and_replays_once(redis_factory) -> None:  # type: ignore[no-untyped-def]
+    srv = redis_factory()
+    lim = Limit("key", "k", DAY, usd=1.0, tokens=10_000)
+    led = ResilientLedger(RedisLedger(srv.url), on_error="open", timeout=0.25, probe_interval=0.05)
+    try:
+        assert isinstance(await led.reserve("a", [lim], Amount(0.1, 100, 1)), Reservation)
+        await led.settle("a", Amount(0.1, 100, 1))
+        srv.stop()
+        for rid in ("b", "c"):
+            r = await led.reserve(rid, [lim], Amount(0.2, 100, 1))
+            assert isinstance(r, Reservation) and r.local
+            await led.settle(rid, Amount(0.2, 100, 1))
+        # limits still hold locally while the store is away
+        assert isinstance(await led.reserve("d", [lim], Amount(0.9, 100, 1)), Refusal)
+        assert led.degraded and set(led.journal) == {"b", "c"}
+        srv.launch()  # same port, same append-only file
+        assert await eventually(led.reconcile) == 2
+        assert not led.degraded and not led.journal
+        assert await spent(led.inner, lim, now=time.time()) == pytest.approx(0.5)
+        # a replay that runs twice (e.g. the ack got lost) is still applied once
+        led.journal["b"] = JournalEntry("b", Amount(0.2, 100, 1), (lim,), time.time())
+        assert await led.reconcile() == 0
+        assert await spent(led.inner, lim, now=time.time()) == pytest.approx(0.5)
+    finally:
+        await led.close()
+
+
+async def test_fail_closed_is_bounded_by_timeout(redis_factory) -> None:  # type: ignore[no-untyped-def]
+    srv = redis_factory()
+    lim = usd_limit(5.0)
+    led = ResilientLedger(RedisLedger(srv.url), on_error="closed", timeout=0.25, probe_interval=0.05)
+    try:
+        assert isinstance(await led.reserve("a", [lim], Amount(0.1)), Reservation)
+        srv.pause()  # a hung store: connections open, no answers
+        t = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await led.reserve("b", [lim], Amount(0.1))
+        assert time.monotonic() - t < 0.6
+        t = time.monotonic()
+        await led.settle("a", Amount(0.05))  # usage is never dropped: journaled for later
+        assert time.monotonic() - t < 0.6 and "a" in led.journal
+        srv.stop()  # and a dead one
+        with pytest.raises(StoreUnavailable):
+            await led.reserve("c", [lim], Amount(0.1))
+        srv.launch()
+        assert await eventually(led.reconcile) == 1
+        assert isinstance(await led.reserve("c", [lim], Amount(0.1)), Reservation)
+        assert await spent(led.inner, lim, now=time.time()) == pytest.approx(0.15)
+    finally:
+        await led.close()
