@@ -110,6 +110,19 @@ def http_get(url: str, timeout: float = 5) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
+def wait_until(condition: Callable[[], Any], timeout: float = 10, interval: float = 0.05) -> Any:
+    """Poll `condition` until it returns something truthy (returned) or `timeout` passes (AssertionError).
+    For state that a server reaches asynchronously, e.g. Prometheus discovering its Alertmanager."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
 def _wait_ready(svc: Service, path: str, timeout: float) -> None:
     # Polls the server's own readiness endpoint: the wait ends on a condition, not after a guessed delay.
     deadline = time.monotonic() + timeout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -136,3 +137,25 @@ def test_alertmanager_delivers_and_otelgate_down_inhibits_the_rest(tmp_path: Pat
             assert states[("OtelgateDown", "a:8787")]["state"] == "active"
             assert all(a["labels"]["instance"] != "a:8787" or a["labels"]["alertname"] == "OtelgateDown"
                        for p in hook.payloads for a in p["alerts"])
+
+
+def test_prometheus_helper_loads_the_rules_and_finds_alertmanager(tmp_path: Path) -> None:
+    """The start-a-Prometheus helper as the end-to-end test will use it: repo rules, an Alertmanager target."""
+    from opsutil import http_get, prometheus, wait_until, write_prometheus_config
+
+    with WebhookReceiver() as hook:
+        am_config = write_alertmanager_config(tmp_path / "alertmanager.yml", hook.url)
+        with alertmanager(tmp_path / "am", am_config) as am:
+            config = write_prometheus_config(tmp_path / "prometheus.yml", scrape={"otelgate": ["127.0.0.1:9"]},
+                                             rule_files=RULE_FILES, alertmanagers=[am.host_port])
+            with prometheus(tmp_path / "prom", config) as prom:
+                status, body = http_get(f"{prom.url}/api/v1/rules?type=alert")
+                assert status == 200
+                loaded = {r["name"] for g in json.loads(body)["data"]["groups"] for r in g["rules"]}
+                assert loaded == EXPECTED_ALERTS
+
+                def active() -> list[str]:
+                    _, body = http_get(f"{prom.url}/api/v1/alertmanagers")
+                    return [a["url"] for a in json.loads(body)["data"]["activeAlertmanagers"]]
+
+                assert wait_until(active, timeout=15) == [f"{am.url}/api/v2/alerts"]
