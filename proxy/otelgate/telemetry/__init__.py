@@ -9,6 +9,7 @@ await tel.shutdown()
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -152,7 +153,8 @@ class Telemetry:
             try:
                 self.providers.shutdown(int(timeout * 1000))
             finally:
-                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+                with contextlib.suppress(RuntimeError):  # the loop may be gone if we stopped waiting
+                    loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
 
         run_bounded(work, timeout)
         try:
