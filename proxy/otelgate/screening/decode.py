@@ -48,10 +48,13 @@ def _printable_text(data: bytes) -> str | None:
     if len(text) < 4:
         return None
     printable = sum(ch.isprintable() or ch in "\n\r\t" for ch in text)
-    letters = sum(ch.isalpha() for ch in text)
-    if printable < 0.95 * len(text) or letters < 0.5 * len(text) or " " not in text.strip():
+    if printable < 0.95 * len(text):
         return None
-    return text
+    if " " not in text.strip():
+        # One more encoded layer (base64 of base64) is decoded further; any other single token is noise.
+        return text if _B64_RE.fullmatch(text) or _HEX_RE.fullmatch(text) else None
+    letters = sum(ch.isalpha() for ch in text)
+    return text if letters >= 0.5 * len(text) else None
 
 
 def _b64(segment: str) -> str | None:
