@@ -57,7 +57,9 @@ async def test_broken_exporter_never_slows_requests(mode: str, sim, tmp_path: Pa
                 assert health["dropped"] > 0
             async with aiohttp.ClientSession() as http, http.get(gw.url + "/metrics") as response:
                 text = await response.text()
-            failures = [line for line in text.splitlines() if line.startswith("otelgate_telemetry_export_failures_total")]
+            failures = [
+                line for line in text.splitlines() if line.startswith("otelgate_telemetry_export_failures_total")
+            ]
             assert any('signal="traces"' in line and not line.endswith(" 0") for line in failures), failures
             assert "otelgate_telemetry_dropped_total" in text
 
