@@ -12,12 +12,14 @@ import json
 import time
 import zlib
 from collections.abc import Mapping
+from typing import Protocol
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
 from otelgate.context import RequestContext
+from otelgate.errors import ErrorKind
 from otelgate.sse import SSEError
 
 # RFC 9110 §7.6.1 connection-specific headers, plus ones aiohttp computes for the bytes it sends.
@@ -65,6 +67,10 @@ class Decoder:
         else:
             raise ValueError(f"unsupported content-encoding {encoding}")
 
+    @property
+    def identity(self) -> bool:
+        return self._zlib is None
+
     def decode(self, data: bytes) -> bytes:
         return self._zlib.decompress(data) if self._zlib is not None else data
 
@@ -80,21 +86,42 @@ def decode_json(body: bytes, encoding: str | None) -> dict | None:
 class StreamBroken(Exception):
     """The upstream stream failed after bytes reached the agent: end it with an error event."""
 
-    def __init__(self, kind: str, message: str, reason: str) -> None:
+    def __init__(self, kind: ErrorKind, message: str, reason: str) -> None:
         super().__init__(message)
-        self.kind = kind
+        self.kind: ErrorKind = kind
         self.message = message
         self.reason = reason
+
+
+class _Content(Protocol):
+    async def readany(self) -> bytes: ...
+
+
+class UpstreamStream(Protocol):
+    """What the relay needs of an upstream streaming response (an aiohttp response, or upstream.StreamingBody)."""
+
+    status: int
+    headers: Mapping[str, str]
+
+    @property
+    def content(self) -> _Content: ...
+
+    def close(self) -> None: ...
+
+    def release(self) -> None: ...
 
 
 async def relay_stream(
     ctx: RequestContext,
     request: web.Request,
-    upstream: aiohttp.ClientResponse,
+    upstream: UpstreamStream,
     headers: CIMultiDict[str],
     idle_timeout: float,
 ) -> web.StreamResponse:
-    """Relay an SSE stream chunk by chunk, feeding the parser; on failure append an error event and close."""
+    """Relay an SSE stream chunk by chunk, feeding the parser; on failure append an error event and close.
+
+    Whatever breaks, the agent gets either the complete stream or a well-formed error event followed by the end
+    of the response, and `ctx.result.usage` holds the usage seen so far (what the request is charged)."""
     response = web.StreamResponse(status=upstream.status, headers=headers)
     await response.prepare(request)
     parser = ctx.provider.stream_parser(ctx.route, ctx.result)
@@ -105,38 +132,73 @@ async def relay_stream(
     loop = asyncio.get_running_loop()
     content = upstream.content
     broken: StreamBroken | None = None
+    # Plain-text streams go to the agent one whole event at a time (the rest waits for the next chunk), so when
+    # the upstream breaks mid-event the agent holds no half event that our error event would be glued onto.
+    whole_events = decoder is not None and decoder.identity
+    pending = b""
+    agent_at_boundary = True
     try:
         async with asyncio.timeout(None) as timer:
             while True:
+                # The timer covers waiting for the upstream only: a slow agent is not an upstream stall.
                 timer.reschedule(loop.time() + min(idle_timeout, _remaining(ctx)))
                 chunk = await content.readany()
+                timer.reschedule(None)
                 if not chunk:
                     break
                 if decoder is not None:
                     parser.feed(decoder.decode(chunk))
+                if whole_events:
+                    data = pending + chunk if pending else chunk
+                    end = _events_end(data)
+                    pending = data[end:]
+                    if end:
+                        await response.write(data[:end] if pending else data)
+                    continue
                 await response.write(chunk)
+                agent_at_boundary = decoder is not None and parser.at_boundary
     except TimeoutError:
-        broken = StreamBroken("timeout", "upstream stream stalled: no data within the idle timeout", "idle_timeout")
+        if ctx.deadline is not None and time.monotonic() >= ctx.deadline - 0.001:
+            broken = StreamBroken("timeout", "the request's total deadline passed mid-stream", "deadline")
+        else:
+            broken = StreamBroken(
+                "overloaded", f"upstream stream stalled: no data for {idle_timeout:g}s (idle timeout)", "idle_timeout"
+            )
     except SSEError as exc:
         broken = StreamBroken("api_error", f"upstream sent a malformed event stream ({exc})", "malformed_sse")
     except zlib.error:
         broken = StreamBroken("api_error", "upstream sent a corrupt compressed stream", "malformed_stream")
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as exc:
         if isinstance(exc, ConnectionResetError) and request.transport is None:
+            upstream.close()
             raise  # the agent went away; nothing to tell it
         broken = StreamBroken("api_error", "upstream connection broke mid-stream", "stream_reset")
+    except BaseException:
+        upstream.close()
+        raise
     if broken is None and decoder is not None and not parser.complete:
         broken = StreamBroken("api_error", "upstream stream ended before the response was complete", "stream_truncated")
+    if broken is None and pending:
+        await response.write(pending)  # trailing bytes after the last event of a complete stream
     if broken is not None:
+        upstream.close()
         ctx.outcome = "stream_error"
         ctx.result.error_type = broken.reason
         ctx.result.error_message = broken.message
-        tail = b"" if parser.at_boundary else b"\n\n"
-        kind = "timeout" if broken.kind == "timeout" else "api_error"
-        await response.write(tail + ctx.provider.stream_error_event(kind, broken.message))  # type: ignore[arg-type]
-    upstream.close() if broken is not None else upstream.release()
+        # An empty line ends a half-sent event; between complete events it is not needed.
+        tail = b"" if agent_at_boundary else b"\n\n"
+        await response.write(tail + ctx.provider.stream_error_event(broken.kind, broken.message))
+    else:
+        upstream.release()
     await response.write_eof()
     return response
+
+
+def _events_end(data: bytes) -> int:
+    """Length of the prefix of `data` made of whole SSE events (each ends with an empty line)."""
+    lf = data.rfind(b"\n\n")
+    crlf = data.rfind(b"\n\r\n")
+    return max(lf + 2 if lf >= 0 else 0, crlf + 3 if crlf >= 0 else 0)
 
 
 def _remaining(ctx: RequestContext) -> float:
