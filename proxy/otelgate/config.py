@@ -166,6 +166,9 @@ class ToolPolicy(_Model):
     max_tool_level: ToolLevel | None = None
     # remove: strip forbidden tools from the request's `tools` | refuse: 403
     on_forbidden_tool: Literal["remove", "refuse"] = "remove"
+    # A complete (non-streaming) answer that still calls a forbidden tool: refuse: 403, nothing relayed | flag:
+    # relay it and record a verdict. Streamed answers are always flagged (their bytes are already on the way).
+    on_forbidden_response: Literal["refuse", "flag"] = "refuse"
 
 
 class KeyConfig(ToolPolicy):
@@ -225,6 +228,8 @@ class ScreeningConfig(_Model):
     packs: list[str] = Field(default_factory=lambda: ["builtin"])
     # Outbound secrets (API keys, private keys, tokens) in a prompt or tool result.
     secrets: Literal["block", "flag", "redact", "off"] = "redact"
+    # new: only this turn's texts (after the last assistant turn) | all: the whole conversation every turn.
+    scope: Literal["new", "all"] = "new"
 
 
 class TelemetryConfig(_Model):
@@ -255,6 +260,8 @@ class Settings(BaseSettings):
     screening: ScreeningConfig = ScreeningConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     tool_levels: dict[str, ToolLevel] = Field(default_factory=dict)
+    # The level of a tool that tool_levels does not name: execute (it may run anything on the agent's side).
+    default_tool_level: ToolLevel = "execute"
 
     @classmethod
     def settings_customise_sources(
