@@ -13,6 +13,8 @@ from otelgate.config import Settings
 from otelgate.context import Filter
 from otelgate.errors import GatewayError
 from otelgate.filters.auth import AuthFilter
+from otelgate.filters.permissions import PermissionsFilter
+from otelgate.filters.screening import ScreeningFilter
 from otelgate.health import STATE_KEY
 from otelgate.pipeline import Pipeline
 from otelgate.providers import PROVIDERS, Route
@@ -124,6 +126,8 @@ def build_filters(settings: Settings, telemetry: Any | None) -> list[Filter]:
     if telemetry is not None:
         filters.append(telemetry.filter)
     filters.append(AuthFilter(settings))
+    filters.append(ScreeningFilter(settings))
+    filters.append(PermissionsFilter(settings))
     return filters
 
 
