@@ -208,6 +208,8 @@ class BudgetsConfig(_Model):
     default_price: ModelPrice = ModelPrice(input=15.0, output=75.0, cache_read=1.5, cache_write=18.75)
     global_budgets: list[BudgetSpec] = Field(default_factory=list, alias="global")
     reservation_ttl_seconds: float = Field(900.0, gt=0)
+    # A session cap counts from the session's first call and forgets it after this long without a call.
+    session_ttl_seconds: int = Field(86400, ge=60)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

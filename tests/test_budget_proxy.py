@@ -1,0 +1,314 @@
+"""Budgets and session limits through the real proxy: the official SDKs call the gateway, the gateway calls the
+sim, the ledger is a real SQLite file or a real redis-server. What is checked is what an agent or an operator
+sees: the SDK's exception and message, retry-after, /admin/usage."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anthropic
+import pytest
+
+from otelgate.config import key_hash
+from otelgate.sim import SimUpstream
+from proxyutil import Gateway, gateway
+from redisutil import RedisServer, redis_factory_fixture, redis_fixture
+
+redis_server = redis_fixture(scope="module")
+redis_factory = redis_factory_fixture()
+
+ADMIN = "admin-test-key-0123456789"
+KEY_A, KEY_B = "sk-ant-agent-a-SECRET", "sk-ant-agent-b-SECRET"
+MODEL = "test-model"  # priced below at $1000 per million tokens: one token costs $0.001
+PRICE = {"input": 1000.0, "output": 1000.0, "cache_read": 100.0, "cache_write": 1250.0}
+# Every sim answer: 10 input + 5 output tokens = $0.015.
+FIXED = json.dumps({"text": "one two three four five", "usage": {"input_tokens": 10, "output_tokens": 5}})
+
+
+def config(store: str, key_a: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "auth": {"admin_key": ADMIN},
+        "budgets": {"store": store, "pricing": {MODEL: PRICE}},
+        "keys": [
+            {"id": "agent-a", "key_sha256": key_hash(KEY_A), "team": "t1", **(key_a or {})},
+            {"id": "agent-b", "key_sha256": key_hash(KEY_B), "team": "t1"},
+        ],
+        "teams": [{"id": "t1"}],
+    }
+    for name, value in extra.items():
+        if isinstance(value, dict) and isinstance(cfg.get(name), dict):
+            cfg[name].update(value)
+        else:
+            cfg[name] = value
+    return cfg
+
+
+_OPEN: list[anthropic.AsyncAnthropic] = []
+
+
+def client(gw: Gateway, key: str = KEY_A, session: str | None = None, **headers: str) -> anthropic.AsyncAnthropic:
+    default = {"x-sim-fault": FIXED, **headers}
+    if session:
+        default["x-otelgate-session"] = session
+    c = anthropic.AsyncAnthropic(base_url=gw.url, api_key=key, max_retries=0, default_headers=default)
+    _OPEN.append(c)
+    return c
+
+
+@pytest.fixture(autouse=True)
+async def _close_clients() -> AsyncIterator[None]:
+    yield
+    while _OPEN:
+        await _OPEN.pop().close()
+
+
+async def ask(c: anthropic.AsyncAnthropic, max_tokens: int = 10) -> Any:
+    return await c.messages.create(model=MODEL, max_tokens=max_tokens, messages=[{"role": "user", "content": "hi"}])
+
+
+async def usage_rows(gw: Gateway, **query: str) -> list[dict[str, Any]]:
+    async with aiohttp.ClientSession() as http, http.get(
+        f"{gw.url}/admin/usage", params=query, headers={"x-admin-key": ADMIN}
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+        return list((await resp.json())["usage"])
+
+
+def msg(exc: anthropic.APIStatusError) -> str:
+    """The error message as the gateway wrote it (the SDK's `message` prefixes status and body)."""
+    assert isinstance(exc.body, dict)
+    return str(exc.body["error"]["message"])
+
+
+def row(rows: list[dict[str, Any]], scope: str, sid: str, unit: str) -> dict[str, Any]:
+    found = [r for r in rows if (r["scope"], r["id"], r["unit"]) == (scope, sid, unit)]
+    assert len(found) == 1, rows
+    return found[0]
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[SimUpstream]:
+    async with SimUpstream(chunks=2) as upstream:
+        yield upstream
+
+
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/ledger.db"
+
+
+# -- session limits -----------------------------------------------------------------------------------------
+async def test_session_call_limit_stops_the_fourth_call(sim: SimUpstream, tmp_path: Path) -> None:
+    cfg = config(sqlite_url(tmp_path), {"limits": {"session": {"max_calls": 3}}})
+    async with gateway(cfg, sim, telemetry=None) as gw:
+        c = client(gw, session="run-42")
+        for _ in range(3):
+            await ask(c)
+        with pytest.raises(anthropic.RateLimitError) as err:
+            await ask(c)
+        assert err.value.status_code == 429
+        assert "session limit of 3 calls for session run-42 reached" in msg(err.value)
+        # Waiting will not help: the SDK is told not to retry, and there is no retry-after.
+        assert err.value.response.headers.get("x-should-retry") == "false"
+        assert "retry-after" not in err.value.response.headers
+        assert len(sim.requests) == 3
+        # Another session of the same key is not affected.
+        await ask(client(gw, session="run-43"))
+        calls = row(await usage_rows(gw, scope="session", id="run-42"), "session", "run-42", "calls")
+        assert (calls["spent"], calls["reserved"], calls["limit"]) == (3, 0, 3)
+
+
+async def test_session_token_limit(sim: SimUpstream, tmp_path: Path) -> None:
+    cfg = config(sqlite_url(tmp_path), {"limits": {"session": {"max_tokens": 100}}})
+    async with gateway(cfg, sim, telemetry=None) as gw:
+        c = client(gw, session="tok")
+        served = 0
+        with pytest.raises(anthropic.RateLimitError) as err:
+            for _ in range(20):
+                await ask(c, max_tokens=30)
+                served += 1
+        assert "session limit of 100 tokens for session tok reached" in msg(err.value)
+        tokens = row(await usage_rows(gw, scope="session", id="tok"), "session", "tok", "tokens")
+        assert tokens["spent"] == 15 * served  # each call settled its real 15 tokens, not the reservation
+        assert tokens["spent"] <= 100 and tokens["reserved"] == 0
+        assert served >= 3
+
+
+# -- budgets ------------------------------------------------------------------------------------------------
+async def test_daily_key_budget_refusal_names_limit_and_reset(sim: SimUpstream, tmp_path: Path) -> None:
+    cfg = config(sqlite_url(tmp_path), {"budgets": [{"window": "day", "usd": 0.05}]})
+    async with gateway(cfg, sim, telemetry=None) as gw:
+        c = client(gw)
+        served = 0
+        with pytest.raises(anthropic.RateLimitError) as err:
+            for _ in range(10):
+                await ask(c)
+                served += 1
+        assert msg(err.value) == "daily budget of $0.05 for key agent-a reached; resets at 00:00 UTC"
+        now = datetime.now(UTC)
+        midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+        retry_after = int(err.value.response.headers["retry-after"])
+        assert abs(retry_after - (midnight - now).total_seconds()) < 5
+        # $0.015 each, reserved at ~$0.016 worst case: after three ($0.045) the fourth does not fit.
+        assert served == 3
+        usd = row(await usage_rows(gw), "key", "agent-a", "usd")
+        assert usd["spent"] == pytest.approx(0.045) and usd["reserved"] == 0
+        assert usd["reset_at"] == midnight.strftime("%Y-%m-%dT%H:%M:%SZ")
+        # Another key is not affected by agent-a's budget.
+        await ask(client(gw, KEY_B))
+
+
+async def test_team_budget_is_shared_by_its_keys(sim: SimUpstream, tmp_path: Path) -> None:
+    cfg = config(sqlite_url(tmp_path), teams=[{"id": "t1", "budgets": [{"window": "month", "usd": 0.04}]}])
+    async with gateway(cfg, sim, telemetry=None) as gw:
+        await ask(client(gw, KEY_A))
+        await ask(client(gw, KEY_A))
+        with pytest.raises(anthropic.RateLimitError) as err:
+            await ask(client(gw, KEY_B))
+        assert msg(err.value).startswith("monthly budget of $0.04 for team t1 reached; resets at 00:00 UTC on ")
+        assert int(err.value.response.headers["retry-after"]) > 0
+        usd = row(await usage_rows(gw), "team", "t1", "usd")
+        assert usd["spent"] == pytest.approx(0.03)
+
+
+async def test_settled_usage_is_the_real_usage(sim: SimUpstream, tmp_path: Path) -> None:
+    cfg = config(sqlite_url(tmp_path), {"budgets": [{"window": "day", "usd": 100.0, "tokens": 100000}]})
+    step = {"text": "fine", "usage": {"input_tokens": 1000, "output_tokens": 200, "cache_read_input_tokens": 500}}
+    async with gateway(cfg, sim, telemetry=None) as gw:
+        c = client(gw, **{"x-sim-fault": json.dumps(step)})
+        for stream in (False, True):
+            if stream:
+                async with c.messages.stream(model=MODEL, max_tokens=300,
+                                             messages=[{"role": "user", "content": "hi"}]) as s:
+                    await s.get_final_message()
+            else:
+                await ask(c, max_tokens=300)
+        rows = await usage_rows(gw)
+        # 1000 x $1000/M + 200 x $1000/M + 500 x $100/M = $1.25 per call
+        assert row(rows, "key", "agent-a", "usd")["spent"] == pytest.approx(2 * 1.25)
+        assert row(rows, "key", "agent-a", "tokens")["spent"] == 2 * 1700
+        assert row(rows, "key", "agent-a", "usd")["reserved"] == 0
+
+
+async def test_broken_stream_is_charged_its_partial_usage(sim: SimUpstream, tmp_path: Path) -> None:
+    cfg = config(sqlite_url(tmp_path), {"budgets": [{"window": "day", "usd": 100.0, "tokens": 100000}]})
+    # message_start (input 40, output 1), content_block_start, ping — then the connection is reset.
+    step = {"fault": "reset_mid_stream", "after_events": 3, "text": "a b c d e f g h",
+            "usage": {"input_tokens": 40, "output_tokens": 8}}
+    async with gateway(cfg, sim, telemetry=None) as gw:
+        c = client(gw, **{"x-sim-fault": json.dumps(step)})
+        with pytest.raises(anthropic.APIError):
+            async with c.messages.stream(model=MODEL, max_tokens=50,
+                                         messages=[{"role": "user", "content": "hi"}]) as s:
+                await s.get_final_message()
+        rows = await usage_rows(gw)
+        assert row(rows, "key", "agent-a", "tokens")["spent"] == 41
+        assert row(rows, "key", "agent-a", "usd")["spent"] == pytest.approx(0.041)
+        assert row(rows, "key", "agent-a", "usd")["reserved"] == 0
+
+
+async def poll(check: Any, within: float = 10.0) -> Any:
+    deadline = time.monotonic() + within
+    while True:
+        value = await check()
+        if value or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(0.02)
+
+
+async def test_agent_disconnect_settles_exactly_once(sim: SimUpstream, tmp_path: Path) -> None:
+    cfg = config(sqlite_url(tmp_path), {"budgets": [{"window": "day", "usd": 100.0}],
+                                        "limits": {"session": {"max_calls": 10}}})
+    step = {"fault": "slow_drip", "interval": 0.2, "text": " ".join(["w"] * 20),
+            "usage": {"input_tokens": 30, "output_tokens": 20}}
+    async with gateway(cfg, sim, telemetry=None) as gw:
+        body = {"model": MODEL, "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        headers = {"x-api-key": KEY_A, "anthropic-version": "2023-06-01", "x-otelgate-session": "gone",
+                   "x-sim-fault": json.dumps(step)}
+        async with aiohttp.ClientSession() as http:
+            resp = await http.post(f"{gw.url}/v1/messages", json=body, headers=headers)
+            assert resp.status == 200
+            first = await resp.content.readline()
+            assert first.startswith(b"event: message_start")
+            resp.close()  # the agent goes away mid-stream
+
+        async def settled() -> list[dict[str, Any]] | None:
+            rows = await usage_rows(gw, scope="session", id="gone")
+            calls = row(rows, "session", "gone", "calls")
+            return rows if calls["spent"] == 1 and calls["reserved"] == 0 else None
+
+        rows = await poll(settled)
+        assert rows, "the disconnected call was never settled"
+        assert gw.inflight == 0
+        usd = row(await usage_rows(gw), "key", "agent-a", "usd")
+        # Charged what had been reported when the agent left (input 30 + the first output token) — once.
+        assert usd["spent"] == pytest.approx(0.031) and usd["reserved"] == 0
+
+
+# -- the last dollar, raced through HTTP --------------------------------------------------------------------
+async def race(gw: Gateway, n: int) -> tuple[int, int]:
+    c = client(gw)
+
+    async def one() -> bool:
+        try:
+            await ask(c)
+            return True
+        except anthropic.RateLimitError as exc:
+            assert msg(exc).startswith("daily budget of $0.50 for key agent-a reached")
+            return False
+
+    results = await asyncio.gather(*(one() for _ in range(n)))
+    return results.count(True), results.count(False)
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+async def test_hundred_requests_race_for_the_last_dollar(
+    store: str, sim: SimUpstream, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if store == "sqlite":
+        url = sqlite_url(tmp_path)
+    else:
+        srv: RedisServer = request.getfixturevalue("redis_server")
+        url = srv.url.replace("/0", "/2")
+    cfg = config(url, {"budgets": [{"window": "day", "usd": 0.5}]})
+    async with gateway(cfg, sim, telemetry=None) as gw:
+        served, refused = await race(gw, 100)
+        usd = row(await usage_rows(gw), "key", "agent-a", "usd")
+    assert served + refused == 100
+    # Each call reserves its worst case (~$0.02) and settles $0.015: never more than the limit is spent, and
+    # the budget is not left mostly idle either (at least what fits at the worst case).
+    assert usd["spent"] <= 0.5 + 1e-9
+    assert usd["spent"] == pytest.approx(0.015 * served)
+    assert 0.5 // 0.021 <= served < 100
+    assert usd["reserved"] == 0
+    assert len(sim.requests) == served
+
+
+# -- the store going away -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("policy", ["closed", "open"])
+async def test_store_down(policy: str, sim: SimUpstream, redis_factory: Any) -> None:
+    srv: RedisServer = redis_factory()
+    cfg = config(srv.url, {"budgets": [{"window": "day", "usd": 10.0}]},
+                 budgets={"on_store_error": policy, "store_timeout": 0.2})
+    async with gateway(cfg, sim, telemetry=None) as gw:
+        c = client(gw)
+        await ask(c)
+        srv.stop()
+        if policy == "closed":
+            with pytest.raises(anthropic.APIStatusError) as err:
+                await ask(c)
+            assert err.value.status_code == 503
+            assert "budget store unavailable" in msg(err.value)
+            assert len(sim.requests) == 1
+        else:
+            await ask(c)  # served, accounted locally and journaled for replay
+            assert len(sim.requests) == 2
+        async with aiohttp.ClientSession() as http, http.get(f"{gw.url}/health/deep") as resp:
+            assert resp.status == 503
+            assert (await resp.json())["checks"]["store"]["ok"] is False
