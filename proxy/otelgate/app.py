@@ -8,11 +8,13 @@ from typing import Any
 
 from aiohttp import web
 
-from otelgate import health
+from otelgate import admin, health
 from otelgate.config import Settings
 from otelgate.context import Filter
 from otelgate.errors import GatewayError
 from otelgate.filters.auth import AuthFilter
+from otelgate.filters.budget import BudgetFilter
+from otelgate.filters.limits import LimitsFilter
 from otelgate.filters.permissions import PermissionsFilter
 from otelgate.filters.screening import ScreeningFilter
 from otelgate.health import STATE_KEY
@@ -126,8 +128,10 @@ def build_filters(settings: Settings, telemetry: Any | None) -> list[Filter]:
     if telemetry is not None:
         filters.append(telemetry.filter)
     filters.append(AuthFilter(settings))
+    filters.append(LimitsFilter(settings))
     filters.append(ScreeningFilter(settings))
     filters.append(PermissionsFilter(settings))
+    filters.append(BudgetFilter(settings, telemetry))
     return filters
 
 
@@ -157,6 +161,7 @@ def create_app(
     app.router.add_get("/health/deep", health.readiness, allow_head=False)
     if telemetry is not None:
         app.router.add_get("/metrics", telemetry.metrics_handler, allow_head=False)
+    admin.add_routes(app, pipeline.filters)
     app.router.add_route("*", "/{tail:.*}", _not_found)
 
     # Filters may own resources (a store connection, a classifier): `start`/`close` hooks run with the app, and
