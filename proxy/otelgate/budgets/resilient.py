@@ -59,6 +59,9 @@ class ResilientLedger(Ledger):
         self.local = SqliteLedger(":memory:", reservation_ttl=inner.reservation_ttl)
         self.journal: dict[str, JournalEntry] = {}
         self._local_ids: set[str] = set()
+        # Refused (503) reserves whose command may still have reached the store: released on recovery so a
+        # reservation nobody will settle does not hold budget for reservation_ttl.
+        self.orphans: set[str] = set()
         self._limits_of: dict[str, tuple[Limit, ...]] = {}
         self._down_since: float | None = None
         self._last_probe = 0.0
@@ -82,7 +85,7 @@ class ResilientLedger(Ledger):
     async def _healthy(self) -> bool:
         """False while degraded, except that every ``probe_interval`` one call probes and, on success,
         replays the journal."""
-        if self._down_since is None and not self.journal:
+        if self._down_since is None and not self.journal and not self.orphans:
             return True
         if self._down_since is not None and time.monotonic() - self._last_probe < self.probe_interval:
             return False
@@ -102,6 +105,9 @@ class ResilientLedger(Ledger):
                                                                      now=e.at))
                 applied += int(res.applied)
                 self.journal.pop(rid, None)
+            for rid in list(self.orphans):
+                await self._call(lambda rid=rid: self.inner.release(rid))
+                self.orphans.discard(rid)
             if self._down_since is not None:
                 log.warning("budget store back after %.1f s; %d settlements replayed",
                             time.monotonic() - self._down_since, applied)
@@ -118,6 +124,7 @@ class ResilientLedger(Ledger):
             except StoreUnavailable:
                 if self.on_error == "closed":
                     self._limits_of.pop(request_id, None)
+                    self.orphans.add(request_id)
                     raise
         elif self.on_error == "closed":
             self._limits_of.pop(request_id, None)
