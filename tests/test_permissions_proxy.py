@@ -1,0 +1,172 @@
+"""Tool permissions through the gateway: official SDK tool-use flows against the sim."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anthropic
+import openai
+import pytest
+
+from conftest import ANTHROPIC_TEST_KEY, OPENAI_TEST_KEY
+from otelgate.config import key_hash
+from proxyutil import gateway
+
+A_TOOLS = [
+    {"name": name, "description": name, "input_schema": {"type": "object"}}
+    for name in ("search", "read_file", "run_shell")
+]
+O_TOOLS = [
+    {"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
+    for name in ("search", "read_file", "run_shell")
+]
+R_TOOLS = [{"type": "function", "name": name, "parameters": {"type": "object"}} for name in ("search", "run_shell")]
+QUESTION = [{"role": "user", "content": "Find the config file."}]
+
+
+def config(tmp_path: Path, **policy: Any) -> dict[str, Any]:
+    policy = {"allowed_tools": ["search", "read_*"], **policy}
+    return {
+        "budgets": {"store": f"sqlite:///{tmp_path}/b.db"},
+        "keys": [
+            {"id": "agent-a", "key_sha256": key_hash(ANTHROPIC_TEST_KEY), **policy},
+            {"id": "agent-o", "key_sha256": key_hash(OPENAI_TEST_KEY), **policy},
+        ],
+    }
+
+
+def aclient(gw) -> anthropic.AsyncAnthropic:
+    return anthropic.AsyncAnthropic(base_url=gw.url, api_key=ANTHROPIC_TEST_KEY, max_retries=0)
+
+
+def oclient(gw) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=gw.openai_url, api_key=OPENAI_TEST_KEY, max_retries=0)
+
+
+def sent_tool_names(request) -> list[str]:
+    tools = request.json().get("tools") or []
+    return [t["function"]["name"] if "function" in t else t["name"] for t in tools]
+
+
+async def test_anthropic_forbidden_tool_is_removed(sim, tmp_path):
+    sim.script([{"tool_call": {"name": "search", "input": {"q": "config"}}}])
+    async with gateway(config(tmp_path), sim, telemetry=None) as gw:
+        raw = await aclient(gw).messages.with_raw_response.create(
+            model="claude-test", max_tokens=64, messages=QUESTION, tools=A_TOOLS
+        )
+    message = await raw.parse()
+    assert message.content[0].name == "search"
+    assert sent_tool_names(sim.requests[-1]) == ["search", "read_file"]
+    assert raw.headers["x-otelgate-tools-removed"] == "run_shell"
+
+
+async def test_openai_forbidden_tool_is_removed_and_forced_choice_dropped(sim, tmp_path):
+    async with gateway(config(tmp_path), sim, telemetry=None) as gw:
+        await oclient(gw).chat.completions.create(
+            model="gpt-test",
+            messages=QUESTION,
+            tools=O_TOOLS,
+            tool_choice={"type": "function", "function": {"name": "run_shell"}},
+        )
+        await oclient(gw).responses.create(model="gpt-test", input="Find the config file.", tools=R_TOOLS)
+    chat, responses = sim.requests
+    assert sent_tool_names(chat) == ["search", "read_file"] and "tool_choice" not in chat.json()
+    assert sent_tool_names(responses) == ["search"]
+
+
+async def test_only_forbidden_tools_leave_no_tools_field(sim, tmp_path):
+    async with gateway(config(tmp_path), sim, telemetry=None) as gw:
+        await aclient(gw).messages.create(
+            model="claude-test", max_tokens=64, messages=QUESTION, tools=A_TOOLS[2:], tool_choice={"type": "any"}
+        )
+    body = sim.requests[-1].json()
+    assert "tools" not in body and "tool_choice" not in body
+
+
+async def test_level_ceiling_and_unlisted_tools_count_as_execute(sim, tmp_path):
+    cfg = config(tmp_path, allowed_tools=None, max_tool_level="write")
+    cfg["tool_levels"] = {"search": "read", "read_*": "read"}  # run_shell unlisted: execute
+    async with gateway(cfg, sim, telemetry=None) as gw:
+        await aclient(gw).messages.create(model="claude-test", max_tokens=64, messages=QUESTION, tools=A_TOOLS)
+    assert sent_tool_names(sim.requests[-1]) == ["search", "read_file"]
+
+
+async def test_team_policy_narrows_the_key(sim, tmp_path):
+    cfg = config(tmp_path, team="ops")
+    cfg["teams"] = [{"id": "ops", "allowed_tools": ["search"]}]
+    async with gateway(cfg, sim, telemetry=None) as gw:
+        await aclient(gw).messages.create(model="claude-test", max_tokens=64, messages=QUESTION, tools=A_TOOLS)
+    assert sent_tool_names(sim.requests[-1]) == ["search"]
+
+
+async def test_refuse_mode_is_403_naming_the_tool(sim, tmp_path):
+    async with gateway(config(tmp_path, on_forbidden_tool="refuse"), sim, telemetry=None) as gw:
+        with pytest.raises(anthropic.PermissionDeniedError) as a_info:
+            await aclient(gw).messages.create(model="claude-test", max_tokens=64, messages=QUESTION, tools=A_TOOLS)
+        with pytest.raises(openai.PermissionDeniedError) as o_info:
+            await oclient(gw).chat.completions.create(model="gpt-test", messages=QUESTION, tools=O_TOOLS)
+    for info in (a_info, o_info):
+        assert info.value.status_code == 403 and "run_shell" in str(info.value)
+    assert sim.requests == []
+
+
+async def test_anthropic_answer_calling_a_forbidden_tool_is_withheld(sim, tmp_path):
+    # The model may call a tool from the conversation's history even though it is no longer offered.
+    sim.script([{"text": "Running it.", "tool_call": {"name": "run_shell", "input": {"cmd": "cat /etc/passwd"}}}])
+    async with gateway(config(tmp_path), sim, telemetry=None) as gw:
+        with pytest.raises(anthropic.PermissionDeniedError) as info:
+            await aclient(gw).messages.create(model="claude-test", max_tokens=64, messages=QUESTION, tools=A_TOOLS)
+    assert "run_shell" in str(info.value)
+    assert "Running it." not in info.value.response.text and "passwd" not in info.value.response.text
+    assert len(sim.requests) == 1
+
+
+async def test_openai_answer_calling_a_forbidden_tool_is_withheld(sim, tmp_path):
+    sim.script([{"tool_call": {"name": "run_shell", "input": {"cmd": "ls"}}}] * 2)
+    async with gateway(config(tmp_path), sim, telemetry=None) as gw:
+        with pytest.raises(openai.PermissionDeniedError):
+            await oclient(gw).chat.completions.create(model="gpt-test", messages=QUESTION, tools=O_TOOLS)
+        with pytest.raises(openai.PermissionDeniedError):
+            await oclient(gw).responses.create(model="gpt-test", input="Find it.", tools=R_TOOLS)
+
+
+async def test_flag_mode_relays_the_answer(sim, tmp_path):
+    sim.script([{"tool_call": {"name": "run_shell", "input": {"cmd": "ls"}}}])
+    async with gateway(config(tmp_path, on_forbidden_response="flag"), sim, telemetry=None) as gw:
+        message = await aclient(gw).messages.create(
+            model="claude-test", max_tokens=64, messages=QUESTION, tools=A_TOOLS
+        )
+    assert message.content[0].name == "run_shell"
+
+
+async def metric_lines(gw, name: str) -> list[str]:
+    async with aiohttp.ClientSession() as http, http.get(gw.url + "/metrics") as response:
+        return [line for line in (await response.text()).splitlines() if line.startswith(name)]
+
+
+async def test_streamed_forbidden_call_is_flagged(sim, tmp_path):
+    sim.script([{"tool_call": {"name": "run_shell", "input": {"cmd": "ls"}}}] * 2)
+    async with gateway(config(tmp_path), sim) as gw:
+        async with aclient(gw).messages.stream(
+            model="claude-test", max_tokens=64, messages=QUESTION, tools=A_TOOLS
+        ) as stream:
+            final = await stream.get_final_message()
+        stream = await oclient(gw).chat.completions.create(
+            model="gpt-test", messages=QUESTION, tools=O_TOOLS, stream=True
+        )
+        names = [c.function.name async for chunk in stream for c in (chunk.choices[0].delta.tool_calls or [])
+                 if chunk.choices and c.function and c.function.name]
+        lines = await metric_lines(gw, "otelgate_screening_detections_total")
+    assert final.content[0].name == "run_shell" and names == ["run_shell"]
+    flagged = [line for line in lines if 'rule="tool_permission:run_shell"' in line]
+    assert flagged and 'action="flag"' in flagged[0] and float(flagged[0].rsplit(" ", 1)[1]) == 2
+
+
+async def test_anonymous_keys_have_no_tool_policy(sim, tmp_path):
+    cfg = config(tmp_path)
+    cfg["keys"] = cfg["keys"][1:]  # the anthropic test key is now unlisted
+    async with gateway(cfg, sim, telemetry=None) as gw:
+        await aclient(gw).messages.create(model="claude-test", max_tokens=64, messages=QUESTION, tools=A_TOOLS)
+    assert sent_tool_names(sim.requests[-1]) == ["search", "read_file", "run_shell"]
