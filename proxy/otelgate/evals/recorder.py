@@ -17,7 +17,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from otelgate.context import RequestContext
 
-RUN_KEY = "otelgate.eval.run"  # request-state key holding the Recording of the request's run
+from aiohttp import web
+
+# Request-state key holding the Recording of the request's run (typed keys exist from aiohttp 3.12 on).
+RUN_KEY: Any = web.RequestKey("otelgate.eval.run", object) if hasattr(web, "RequestKey") else "otelgate.eval.run"
 
 
 @dataclass(frozen=True, slots=True)
