@@ -276,7 +276,9 @@ async def test_hundred_requests_race_for_the_last_dollar(
     else:
         srv: RedisServer = request.getfixturevalue("redis_server")
         url = srv.url.replace("/0", "/2")
-    cfg = config(url, {"budgets": [{"window": "day", "usd": 0.5}]})
+    # The 100 SDK clients, the gateway and the sim share one event loop here, so a store call can wait far
+    # longer than the 0.25 s default store_timeout for its turn; this test is about the bound, not the timeout.
+    cfg = config(url, {"budgets": [{"window": "day", "usd": 0.5}]}, budgets={"store_timeout": 10.0})
     async with gateway(cfg, sim, telemetry=None) as gw:
         served, refused = await race(gw, 100)
         usd = row(await usage_rows(gw), "key", "agent-a", "usd")

@@ -106,7 +106,9 @@ def refusal_error(refusal: Refusal) -> GatewayError:
 
 
 def store_error(exc: Exception) -> GatewayError:
-    return GatewayError("unavailable", f"budget store unavailable ({exc}); refusing (on_store_error: closed)",
+    # StoreUnavailable's text already starts with "budget store unavailable"; keep the cause, not a repeat.
+    cause = str(exc).removeprefix("budget store unavailable").lstrip(": ") or type(exc).__name__
+    return GatewayError("unavailable", f"budget store unavailable ({cause}); refusing (on_store_error: closed)",
                         reason="store_error")
 
 
