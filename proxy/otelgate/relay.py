@@ -8,6 +8,7 @@ clean early end for a complete answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import zlib
@@ -20,6 +21,7 @@ from multidict import CIMultiDict
 
 from otelgate.context import RequestContext
 from otelgate.errors import ErrorKind
+from otelgate.health import STATE_KEY
 from otelgate.sse import SSEError
 
 # RFC 9110 §7.6.1 connection-specific headers, plus ones aiohttp computes for the bytes it sends.
@@ -122,6 +124,25 @@ async def relay_stream(
 
     Whatever breaks, the agent gets either the complete stream or a well-formed error event followed by the end
     of the response, and `ctx.result.usage` holds the usage seen so far (what the request is charged)."""
+    # The server's drain cuts streams still running at its end by cancelling the tasks registered here.
+    streams: set[asyncio.Task[object]] | None = request.app.get(STATE_KEY, {}).get("streams")
+    task = asyncio.current_task()
+    if streams is not None and task is not None:
+        streams.add(task)
+    try:
+        return await _relay(ctx, request, upstream, headers, idle_timeout)
+    finally:
+        if streams is not None and task is not None:
+            streams.discard(task)
+
+
+async def _relay(
+    ctx: RequestContext,
+    request: web.Request,
+    upstream: UpstreamStream,
+    headers: CIMultiDict[str],
+    idle_timeout: float,
+) -> web.StreamResponse:
     response = web.StreamResponse(status=upstream.status, headers=headers)
     await response.prepare(request)
     parser = ctx.provider.stream_parser(ctx.route, ctx.result)
@@ -173,6 +194,21 @@ async def relay_stream(
             upstream.close()
             raise  # the agent went away; nothing to tell it
         broken = StreamBroken("api_error", "upstream connection broke mid-stream", "stream_reset")
+    except asyncio.CancelledError:
+        upstream.close()
+        # Cancelled with the agent still there: the gateway is shutting down past its drain time. Say so with an
+        # error event rather than a bare abort, so the SDK raises a clear error.
+        transport = request.transport
+        if transport is not None and not transport.is_closing():
+            draining = request.app.get(STATE_KEY, {}).get("draining", False)
+            message = "otelgate is shutting down: the stream was cut at the end of the drain period" if draining \
+                else "otelgate cancelled this stream"
+            tail = b"" if agent_at_boundary else b"\n\n"
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(0.5):
+                    await response.write(tail + ctx.provider.stream_error_event("unavailable", message))
+                    await response.write_eof()
+        raise
     except BaseException:
         upstream.close()
         raise
