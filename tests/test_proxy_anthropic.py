@@ -155,7 +155,11 @@ async def test_headers_and_body_are_forwarded_unchanged(gw, sim):
 
 
 async def test_large_body_passes(gw, sim):
-    big = "word " * (3 * 1024 * 1024 // 5)
+    paragraph = (
+        "The quarterly report shows revenue grew by 12 percent, driven by strong demand in the European market. "
+        "Operating costs remained stable while the team shipped three major releases. "
+    )
+    big = paragraph * (3 * 1024 * 1024 // len(paragraph) + 1)
     c = client(gw)
     message = await c.messages.create(
         model="claude-test", max_tokens=16, messages=[{"role": "user", "content": big}]

@@ -22,10 +22,12 @@ from otelgate.screening.normalize import Normalized, normalize
 
 REDACTION = "[otelgate: removed suspected prompt injection]"
 MODEL_RULE_ID = "model:injection"
-# Text beyond this many characters is not scanned; a longer text is flagged (fail closed, rule LIMIT_RULE_ID)
-# because an unscanned tail could hide anything. 256 KiB scans in tens of milliseconds.
+# A longer text is scanned as its first and last MAX_SCAN_CHARS / 2 characters (instructions to a model sit
+# near the start or the end of what it reads); the middle is not scanned and the verdict says so with the
+# zero-weight rule LIMIT_RULE_ID. Flagging every long text instead would block ordinary large documents
+# (a 3 MiB request must pass), and scanning megabytes would stall the request. 256 KiB scans in tens of ms.
 MAX_SCAN_CHARS = 256 * 1024
-LIMIT_RULE_ID = "limit:too_long"
+LIMIT_RULE_ID = "limit:partial_scan"
 # The classifier's probability p counts as evidence MODEL_SCALE * max(0, p - MODEL_FLOOR) / (1 - MODEL_FLOOR):
 # below the floor it says nothing (it is a weaker judge than a rule on hard benign text), above it it rises to
 # MODEL_SCALE (0.55: only a near-certain model flags alone; otherwise it tips a weak rule over the threshold).
@@ -256,8 +258,9 @@ class Screener:
         """Rule id -> (weight, category) for every piece of evidence, and the model's contribution."""
         evidence: dict[str, tuple[float, str]] = {}
         if len(text) > self.max_scan_chars:
-            evidence[LIMIT_RULE_ID] = (1.0, "oversize")
-            text = text[: self.max_scan_chars]
+            evidence[LIMIT_RULE_ID] = (0.0, "oversize")
+            half = self.max_scan_chars // 2
+            text = text[:half] + "\n" + text[-half:]
         norm = normalize(text)
         tokens = norm.words.split(" ") if norm.words else []
         for rule in self._matching_rules(norm, tokens):
@@ -292,8 +295,6 @@ class Screener:
         for weight, _cat in evidence.values():
             miss *= 1.0 - weight
         score = 1.0 - miss
-        if LIMIT_RULE_ID in evidence:
-            score = max(score, self.threshold)
         ordered = sorted(evidence.items(), key=lambda kv: -kv[1][0])
         categories: list[str] = []
         for _rid, (_w, cat) in ordered:
