@@ -132,5 +132,6 @@ def _options(help_text: str) -> tuple[set[str], set[str]]:
 
 
 def test_plugin_fixture_is_listed(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     result = pytester.runpytest("-p", "otelgate.testing", "--fixtures", "-p", "no:cacheprovider")
     result.stdout.fnmatch_lines(["otelgate_llm*", "*A factory*"])
