@@ -193,6 +193,8 @@ def create_app(
 
 
 def make_telemetry(settings: Settings, **kwargs: Any) -> Any | None:
+    if not settings.telemetry.enabled:
+        return None
     try:
         from otelgate.telemetry import Telemetry
     except ImportError:  # pragma: no cover - the telemetry package ships with otelgate

@@ -235,6 +235,8 @@ class ScreeningConfig(_Model):
 
 
 class TelemetryConfig(_Model):
+    # false: no spans, metrics or access logs at all (benchmarks of the bare proxy; not for production)
+    enabled: bool = True
     capture_content: bool = False
     prometheus: bool = True
     log_requests: bool = True
