@@ -158,3 +158,12 @@ async def test_limiter_cancelled_waiter_passes_the_slot_on() -> None:
         await doomed
     assert await heir
     assert limiter.inflight == 1
+
+
+def test_disabled_circuit_never_refuses_and_keeps_nothing() -> None:
+    registry = BreakerRegistry(CircuitConfig(enabled=False, min_calls=1, failure_ratio=0.1))
+    b = registry.get(BreakerKey("http://a", "a", "m"))
+    for _ in range(20):
+        assert b.allow() == (True, None)
+        assert b.record(False) is None
+    assert list(registry.states()) == []

@@ -150,6 +150,16 @@ class CircuitBreaker:
         return slot
 
 
+class NullBreaker(CircuitBreaker):
+    """`circuit.enabled: false`: lets every call through and keeps no state."""
+
+    def allow(self) -> tuple[bool, Transition | None]:
+        return True, None
+
+    def record(self, ok: bool) -> Transition | None:
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class BreakerKey:
     base_url: str
@@ -169,8 +179,11 @@ class BreakerRegistry:
         self.max_entries = max_entries
         self._clock = clock
         self._breakers: OrderedDict[BreakerKey, CircuitBreaker] = OrderedDict()
+        self._null = NullBreaker(config, clock)
 
     def get(self, key: BreakerKey) -> CircuitBreaker:
+        if not self.config.enabled:
+            return self._null
         breaker = self._breakers.get(key)
         if breaker is None:
             breaker = CircuitBreaker(self.config, self._clock)

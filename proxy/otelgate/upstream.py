@@ -64,9 +64,10 @@ class StreamingBody:
     Offers what the relay and the pipeline use of an aiohttp response: status, headers, content.readany(),
     read(), release(), close(); closing also gives the in-flight slot back, exactly once."""
 
-    def __init__(self, response: aiohttp.ClientResponse, first: bytes) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, first: bytes, deadline: float | None = None) -> None:
         self._response = response
         self._first = first
+        self._deadline = deadline  # time.monotonic() by which read() must be done
         self.on_done: Callable[[], None] | None = None
         self.status = response.status
         self.headers = response.headers
@@ -79,8 +80,16 @@ class StreamingBody:
         return await self._response.content.readany()
 
     async def read(self) -> bytes:
+        """The rest of the body at once (an upstream that answered a stream request with a plain body). On any
+        failure the connection is closed and the in-flight slot given back before the error propagates."""
         first, self._first = self._first, b""
-        return first + await self._response.read()
+        budget = None if self._deadline is None else max(self._deadline - time.monotonic(), 0.001)
+        try:
+            async with asyncio.timeout(budget):
+                return first + await self._response.read()
+        except BaseException:
+            self.close()
+            raise
 
     def release(self) -> None:
         self._response.release()
@@ -160,6 +169,10 @@ class Upstream:
     def inflight(self) -> int:
         """Requests holding an in-flight slot now (waiting ones not included)."""
         return self.limiter.inflight
+
+    def inflight_by_address(self) -> Iterable[tuple[str, int]]:
+        """(server_address, in-flight count): the shape Telemetry.register_inflight_source accepts."""
+        return [(self.server_address, self.limiter.inflight)]
 
     def circuit_states(self) -> Iterable[tuple[str, str, int]]:
         """(server_address, model, state) per breaker: 0 closed, 1 half-open, 2 open."""
@@ -324,7 +337,8 @@ class Upstream:
         try:
             if response.status < 400 and not read_body:
                 first = await self._read_chunks(ctx, target, response, first_only=True)
-                return UpstreamReply(response.status, response.headers, None, StreamingBody(response, first))
+                stream = StreamingBody(response, first, ctx.deadline)
+                return UpstreamReply(response.status, response.headers, None, stream)
             data = await self._read_chunks(ctx, target, response, first_only=False)
         except BaseException:
             response.close()
