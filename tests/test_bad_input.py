@@ -175,3 +175,25 @@ async def test_gzip_upstream_body_is_relayed_and_still_accounted(sim):
     finally:
         await runner.cleanup()
     assert message.content[0].text == "zipped"
+
+
+async def test_gzip_request_body_is_decoded_and_forwarded(gw, sim):
+    body = json.dumps({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "zipped"}]}).encode()
+    status, data = await post(
+        gw.url + "/v1/messages",
+        data=gzip.compress(body),
+        headers={**ANTHROPIC_HEADERS, **JSON, "content-encoding": "gzip"},
+    )
+    assert status == 200, data
+    assert sim.requests[-1].body == body
+    assert "content-encoding" not in sim.requests[-1].headers
+
+
+async def test_gzip_bomb_stops_at_the_body_limit(sim):
+    async with gateway({"server": {"max_body_bytes": 4096}}, sim, telemetry=None) as g:
+        bomb = gzip.compress(b"{" + b" " * 10_000_000 + b"}")
+        status, data = await post(
+            g.url + "/v1/messages", data=bomb, headers={**ANTHROPIC_HEADERS, **JSON, "content-encoding": "gzip"}
+        )
+    assert status == 413 and "decoded request body exceeds" in anthropic_error(data)[1]
+    assert not sim.requests

@@ -79,7 +79,7 @@ headers_strategy = st.fixed_dictionaries(
         "x-otelgate-timeout": header_text,
         "x-otelgate-session": header_text,
         "anthropic-version": header_text,
-        "content-encoding": st.just("identity"),  # gzip/br: see the two xfail tests below
+        "content-encoding": st.just("identity"),  # gzip/br: see the two encoding tests below
         "accept-encoding": header_text,
         "x-random": header_text,
     },
@@ -119,15 +119,11 @@ def test_random_requests_get_a_clean_answer(gw, path, body, headers, auth):
         assert isinstance(json.loads(raw), dict)
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline._read_limited lets aiohttp's RequestPayloadError (an undecodable "
-                   "gzip body) escape: 500 internal gateway error instead of a 400; reported to the core owner")
 def test_undecodable_gzip_body_is_a_400(gw):
     status, _, raw = asyncio.run(post(gw.url + "/v1/messages", b"\0\0", {"content-encoding": "gzip"}, True))
     assert status == 400 and provider_shaped("/v1/messages", status, json.loads(raw))
 
 
-@pytest.mark.xfail(strict=True, reason="an unsupported request content-encoding (br without Brotli installed) is "
-                   "refused by aiohttp's HTTP parser before any handler: 400 text/plain, not the provider's shape")
 def test_unsupported_content_encoding_is_provider_shaped(gw):
     status, _, raw = asyncio.run(post(gw.url + "/v1/messages", b"{}", {"content-encoding": "br"}, True))
     assert status in (400, 415) and provider_shaped("/v1/messages", status, json.loads(raw))
@@ -252,9 +248,6 @@ def hostile_streams(draw: st.DrawFn) -> bytes:
     return "".join(out).encode()
 
 
-@pytest.mark.xfail(strict=True, reason="the providers' stream parsers call .get on JSON that "
-                   "is not an object (e.g. `data: null` in a message_start event): AttributeError, not SSEError; "
-                   "reported to the providers' owner")
 @PROPERTY
 @given(data=hostile_streams() | st.binary(max_size=300))
 def test_provider_stream_parsers_raise_only_sse_error(data):

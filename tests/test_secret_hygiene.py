@@ -193,8 +193,6 @@ def test_check_config_masks_every_secret(tmp_path):
     assert not problems, problems
 
 
-@pytest.mark.xfail(strict=True, reason="config.load_config quotes the offending YAML line (PyYAML's snippet) in its "
-                   "error: a literal key on that line is printed; reported to the config owner")
 def test_yaml_syntax_error_does_not_print_a_literal_key(tmp_path):
     config = tmp_path / "bad.yaml"
     # A stray colon after the key: PyYAML's message quotes the line around the error column.

@@ -210,5 +210,8 @@ def runner_for(app: web.Application, settings: Settings) -> web.AppRunner:
         shutdown_timeout=settings.server.drain_seconds,
         max_field_size=settings.server.max_header_bytes,
         max_line_size=settings.server.max_header_bytes,
+        # Request bodies arrive as sent; ingress decodes gzip/deflate itself and refuses other encodings in the
+        # provider's error shape (aiohttp's own decoder answers plain-text 400s, or 500s on a corrupt body).
+        auto_decompress=False,
         access_log=None,
     )

@@ -346,7 +346,12 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Settings:
         except OSError as exc:
             raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
+            # Only the position and the problem: PyYAML's own message quotes the offending line, which may hold
+            # a literal secret.
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or "syntax error"
+            raise ConfigError(f"config {path} is not valid YAML{where}: {problem}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"config {path}: the top level must be a mapping")
         unknown = sorted(set(raw) - set(Settings.model_fields))

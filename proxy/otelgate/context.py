@@ -118,6 +118,7 @@ class RequestContext:
     body: bytes = b""
     json: dict[str, Any] | None = None
     body_modified: bool = False  # a policy rewrote `json`: re-serialise before sending
+    body_decoded: bool = False  # the agent compressed the body; `body` is decoded and goes upstream decoded
     request_id: str = ""
     start_ns: int = field(default_factory=time.time_ns)
     start_monotonic: float = field(default_factory=time.monotonic)

@@ -12,10 +12,12 @@ import json
 import logging
 import time
 import uuid
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 
 from otelgate.config import Settings
@@ -106,6 +108,11 @@ class Pipeline:
             )
         if request.method in ("POST", "PUT", "PATCH"):
             ctx.body = await _read_limited(request, server.max_body_bytes)
+            encoding = request.headers.get("content-encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                # Decoded once here; the decoded body is what goes upstream (content-encoding dropped).
+                ctx.body = _decode_request_body(ctx.body, encoding, server.max_body_bytes)
+                ctx.body_decoded = True
         upstream = self.upstreams[ctx.provider.name]
         total = upstream.config.timeouts.total
         asked = request.headers.get(TIMEOUT_HEADER)
@@ -164,6 +171,8 @@ class Pipeline:
                 or lower.startswith(_OWN_PREFIX)
             ):
                 continue
+            if lower == "content-encoding" and ctx.body_decoded:
+                continue
             if lower == "accept-encoding":
                 value = _readable_encodings(value)
                 if not value:
@@ -218,7 +227,12 @@ class Pipeline:
         elif ctx.route.generates:
             data = decode_json(reply.body, reply.headers.get("content-encoding"))
             if data is not None:
-                ctx.provider.parse_response(data, ctx.route, ctx.result)
+                try:
+                    ctx.provider.parse_response(data, ctx.route, ctx.result)
+                except (AttributeError, TypeError, ValueError):
+                    # An answer shaped unlike the API we know is still the upstream's answer: relay it as is,
+                    # with usage unknown (budgets then settle the reservation).
+                    log.warning("could not read usage from a %s response", ctx.provider.name)
                 for stage in self._response_hooks:
                     stage.response(ctx, data)
         return web.Response(status=reply.status, body=reply.body, headers=out_headers)
@@ -233,16 +247,35 @@ class Pipeline:
         return web.Response(status=error.status, body=ctx.provider.encode_error(error), headers=headers)
 
 
+def _decode_request_body(body: bytes, encoding: str, limit: int) -> bytes:
+    if encoding in ("gzip", "x-gzip"):
+        decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    elif encoding == "deflate":
+        decoder = zlib.decompressobj()
+    else:
+        raise GatewayError(
+            "invalid_request", f"content-encoding {encoding} is not supported (use gzip, deflate or none)", status=415
+        )
+    try:
+        data = decoder.decompress(body, limit + 1)  # bounded: a zip bomb stops at the body limit
+    except zlib.error:
+        raise GatewayError("invalid_request", f"request body is not valid {encoding} data") from None
+    if len(data) > limit or decoder.unconsumed_tail:
+        raise GatewayError("too_large", f"decoded request body exceeds the limit of {limit} bytes", reason="too_large")
+    return data
+
+
 async def _read_limited(request: web.Request, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise GatewayError(
-                "too_large", f"request body exceeds the limit of {limit} bytes", reason="too_large"
-            )
-        chunks.append(chunk)
+    try:
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise GatewayError("too_large", f"request body exceeds the limit of {limit} bytes", reason="too_large")
+            chunks.append(chunk)
+    except (web.RequestPayloadError, HttpProcessingError):
+        raise GatewayError("invalid_request", "request body could not be read (broken transfer encoding)") from None
     return b"".join(chunks)
 
 

@@ -49,6 +49,11 @@ def _apply_usage(result: Result, usage: dict[str, Any] | None) -> None:
     u.known = True
 
 
+def _obj(value: Any) -> dict[str, Any]:
+    """A nested object from upstream JSON, or {} when the upstream sent something else in its place."""
+    return value if isinstance(value, dict) else {}
+
+
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
@@ -85,35 +90,37 @@ class AnthropicStreamParser(StreamParser):
                 data = json.loads(event.data)
             except ValueError:
                 raise SSEError(f"invalid JSON in {name} event") from None
+            if not isinstance(data, dict):
+                raise SSEError(f"{name} event data is not a JSON object")
             if name == "message_start":
-                message = data.get("message") or {}
+                message = _obj(data.get("message"))
                 result.response_id = message.get("id")
                 result.response_model = message.get("model")
                 _apply_usage(result, message.get("usage"))
             elif name == "content_block_start":
-                block = data.get("content_block") or {}
+                block = _obj(data.get("content_block"))
                 if block.get("type") in ("tool_use", "server_tool_use"):
                     call = ToolCall(id=block.get("id", ""), name=block.get("name", ""))
                     self._blocks[data.get("index", 0)] = call
                     result.tool_calls.append(call)
             elif name == "message_delta":
-                reason = (data.get("delta") or {}).get("stop_reason")
+                reason = _obj(data.get("delta")).get("stop_reason")
                 if reason:
                     result.finish_reasons = [reason]
                 _apply_usage(result, data.get("usage"))
             elif name == "message_stop":
                 self._complete = True
             elif name == "error":
-                error = data.get("error") or {}
+                error = _obj(data.get("error"))
                 result.error_type = error.get("type", "error")
                 result.error_message = error.get("message")
 
     def _delta(self, raw: str) -> None:
         try:
-            data = json.loads(raw)
+            data = _obj(json.loads(raw))
         except ValueError:
             return
-        delta = data.get("delta") or {}
+        delta = _obj(data.get("delta"))
         if delta.get("type") == "input_json_delta":
             call = self._blocks.get(data.get("index", 0))
             if call is not None:

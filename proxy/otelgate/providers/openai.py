@@ -36,6 +36,11 @@ _ERROR_TYPES: dict[str, tuple[str, str]] = {
 _MAX_TOKEN_FIELDS = {"chat_completions": ("max_completion_tokens", "max_tokens"), "responses": ("max_output_tokens",)}
 
 
+def _obj(value: Any) -> dict[str, Any]:
+    """A nested object from upstream JSON, or {} when the upstream sent something else in its place."""
+    return value if isinstance(value, dict) else {}
+
+
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
@@ -118,10 +123,11 @@ class ChatStreamParser(StreamParser):
         for choice in payload.get("choices") or []:
             if not isinstance(choice, dict):
                 continue
-            delta = choice.get("delta") or {}
+            delta = _obj(choice.get("delta"))
             for call in delta.get("tool_calls") or []:
                 index = call.get("index", 0)
-                function = call.get("function") or {}
+                call = _obj(call)
+                function = _obj(call.get("function"))
                 existing = self._calls.get(index)
                 if existing is None:
                     existing = ToolCall(id=call.get("id") or "", name=function.get("name") or "")
@@ -168,20 +174,22 @@ class ResponsesStreamParser(StreamParser):
                 data = json.loads(event.data)
             except ValueError:
                 raise SSEError(f"invalid JSON in {name or 'an'} event") from None
-            kind = data.get("type", name) if isinstance(data, dict) else name
+            if not isinstance(data, dict):
+                raise SSEError(f"{name or 'an'} event data is not a JSON object")
+            kind = data.get("type", name)
             if kind in ("response.created", "response.in_progress"):
-                response = data.get("response") or {}
+                response = _obj(data.get("response"))
                 result.response_id = response.get("id")
                 result.response_model = response.get("model")
             elif kind == "response.output_item.added":
-                item = data.get("item") or {}
+                item = _obj(data.get("item"))
                 if item.get("type") == "function_call":
                     result.tool_calls.append(ToolCall(id=item.get("call_id", ""), name=item.get("name", "")))
             elif kind == "response.output_text.delta" and result.output_text is not None:
                 result.output_text.append(str(data.get("delta", "")))
             elif kind in ("response.completed", "response.incomplete", "response.failed"):
                 self._complete = True
-                _parse_response_object(data.get("response") or {}, result)
+                _parse_response_object(_obj(data.get("response")), result)
             elif kind == "error":
                 result.error_type = str(data.get("code") or "error")
                 result.error_message = data.get("message")
@@ -323,8 +331,11 @@ class OpenAIProvider(Provider):
             return
         kept = []
         for tool in tools:
-            function = tool.get("function") if isinstance(tool, dict) else None
-            name = function.get("name") if isinstance(function, dict) else (tool or {}).get("name")
+            if not isinstance(tool, dict):
+                kept.append(tool)  # not a tool we can name: the upstream will reject it on its own terms
+                continue
+            function = tool.get("function")
+            name = function.get("name") if isinstance(function, dict) else tool.get("name")
             if name not in names:
                 kept.append(tool)
         body["tools"] = kept
