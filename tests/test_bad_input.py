@@ -190,7 +190,7 @@ async def test_gzip_request_body_is_decoded_and_forwarded(gw, sim):
 
 
 async def test_gzip_bomb_stops_at_the_body_limit(sim):
-    async with gateway({"server": {"max_body_bytes": 4096}}, sim, telemetry=None) as g:
+    async with gateway({"server": {"max_body_bytes": 65536}}, sim, telemetry=None) as g:
         bomb = gzip.compress(b"{" + b" " * 10_000_000 + b"}")
         status, data = await post(
             g.url + "/v1/messages", data=bomb, headers={**ANTHROPIC_HEADERS, **JSON, "content-encoding": "gzip"}
