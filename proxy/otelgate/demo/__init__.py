@@ -29,6 +29,8 @@ class Recorder:
     """A filter that keeps what the gateway saw of each call, for the summary."""
 
     name = "demo-recorder"
+    # An observer's `done` runs after every policy filter's, so cost and refusals are known by then.
+    observer = True
 
     def __init__(self) -> None:
         self.calls: list[CallRecord] = []
@@ -115,6 +117,8 @@ def run_demo() -> int:
     import tempfile
 
     logging.getLogger().setLevel(logging.WARNING)  # SDK request logs would drown the summary
+    # Budget-threshold alerts are shown in the summary's refusals; their log lines would interleave with it.
+    logging.getLogger("otelgate.budget").setLevel(logging.ERROR)
 
     recorder = Recorder()
     exporter = _span_exporter()
