@@ -23,6 +23,7 @@ from otelgate.demo.report import CallRecord, print_calls, print_header, print_tr
 from otelgate.sim import SimUpstream
 
 DEMO_KEY = "sk-ant-demo-not-a-real-key"
+SMALL_KEY = "sk-ant-demo-small-budget-key"
 
 
 class Recorder:
@@ -59,7 +60,13 @@ def demo_settings(sim: SimUpstream, store: str) -> Settings:
                 "team": "demo",
                 "limits": {"max_tokens_per_request": 1024, "session": {"max_calls": 4}},
                 "budgets": [{"window": "day", "usd": 5.0}],
-            }
+            },
+            {
+                "id": "demo-intern",
+                "key_sha256": key_hash(SMALL_KEY),
+                "team": "demo",
+                "budgets": [{"window": "day", "usd": 0.02}],
+            },
         ],
         teams=[{"id": "demo", "budgets": [{"window": "month", "usd": 100.0}]}],
         budgets={"store": store},
@@ -158,6 +165,13 @@ def run_demo() -> int:
                 outcome = run_agent(url, DEMO_KEY, question, session=session)
                 print(f"  {outcome}")
                 sim.reset()
+            print("\n\033[1m4. Another key with a daily budget of $0.02 asks question after question\033[0m")
+            for n in range(1, 9):
+                sim.script([{"text": f"Answer number {n}.", "usage": {"input_tokens": 900, "output_tokens": 400}}])
+                outcome = run_agent(url, SMALL_KEY, f"Question {n}?", session=f"run-budget-{n}")
+                print(f"  agent> Question {n}?  {outcome}")
+                if "refused" in outcome:
+                    break
         print_calls(recorder.calls)
         if exporter is not None:
             # The first scenario's calls: a retried call, tool executions, a streamed answer.
