@@ -1,20 +1,20 @@
 """SQLite ledger: one file (WAL) shared by every worker process on a host.
 
-Every operation is one short transaction run on a single dedicated thread per process, so the event loop
-never waits on disk or on a lock; write transactions start with ``BEGIN IMMEDIATE`` so two processes never
-interleave a check and an update. With ``synchronous=NORMAL`` a committed transaction survives a process
-crash (``kill -9``): WAL frames are in the OS page cache once ``COMMIT`` returns. Only a power loss can lose
-the last transactions; ``?synchronous=full`` closes that too at the cost of an fsync per commit.
+Every operation runs on a single dedicated thread per process (``sqlite_worker.SqliteWorker``), so the event
+loop never waits on disk or on a lock. Operations queued at the same time share one ``BEGIN IMMEDIATE …
+COMMIT`` (group commit), each in its own savepoint, so two processes never interleave a check and an update
+and each operation stays all-or-nothing. With ``synchronous=NORMAL`` a committed transaction survives a
+process crash (``kill -9``): WAL frames are in the OS page cache once ``COMMIT`` returns, and no caller
+hears of an operation before its ``COMMIT``. Only a power loss can lose the last transactions;
+``?synchronous=full`` closes that too at the cost of an fsync per commit (shared by the whole batch).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from . import ratelimit
@@ -28,6 +28,7 @@ from .counters import (
     window_spend,
 )
 from .ledger import Amount, Ledger, Limit, Refusal, Reservation, SettleResult, UsageRow
+from .sqlite_worker import SqliteWorker
 
 T = TypeVar("T")
 SIX = ("su", "st", "sc", "ru", "rt", "rc")
@@ -55,52 +56,62 @@ SWEEP_BATCH = 100  # expired reservations released per reserve, bounding its cos
 
 class SqliteLedger(Ledger):
     def __init__(self, path: str, *, reservation_ttl: float = 900.0, settled_ttl: float = 2 * 86400,
-                 synchronous: str = "NORMAL", busy_timeout_ms: int = 5000) -> None:
+                 synchronous: str = "NORMAL", busy_timeout_ms: int = 5000, max_batch: int = 64) -> None:
         self.path = path
         self.reservation_ttl = float(reservation_ttl)
         self.settled_ttl = float(settled_ttl)
         self._synchronous = synchronous.upper()
         self._busy_ms = int(busy_timeout_ms)
-        # One thread: SQLite serialises writers anyway, and a single connection keeps every call short.
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="otelgate-ledger")
-        self._conn_obj: sqlite3.Connection | None = None
         self._last_prune = 0.0
+        self._clock = 0.0
         self._closed = False
+        # One thread: SQLite serialises writers anyway; concurrent calls share one commit (group commit).
+        in_memory = path in ("", ":memory:") or path.startswith("file::memory:")
+        self._worker = SqliteWorker(self._connect, max_batch=int(max_batch), after_batch=self._maybe_prune,
+                                    checkpoint=None if in_memory else self._connect_checkpointer)
+
+    @property
+    def last_answer(self) -> float:
+        """Monotonic time of the last commit on the ledger thread (the store's own progress)."""
+        return self._worker.last_answer
+
+    @property
+    def batch_stats(self) -> tuple[int, int]:
+        """(commits, operations) so far: operations / commits is the mean group-commit batch size."""
+        return self._worker.commits, self._worker.ops
 
     # -- plumbing -------------------------------------------------------------------------------------
-    def _conn(self) -> sqlite3.Connection:
-        if self._conn_obj is None:
-            c = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            c.execute(f"PRAGMA busy_timeout={self._busy_ms}")
-            c.execute("PRAGMA journal_mode=WAL")
-            c.execute(f"PRAGMA synchronous={self._synchronous}")
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                for stmt in SCHEMA.split(";"):
-                    if stmt.strip():
-                        c.execute(stmt)
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
-            self._conn_obj = c
-        return self._conn_obj
-
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._closed:
-            raise RuntimeError("ledger is closed")
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-
-    def _txn(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        c = self._conn()
+    def _connect(self) -> sqlite3.Connection:
+        c = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        c.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+        c.execute("PRAGMA journal_mode=WAL")
+        c.execute(f"PRAGMA synchronous={self._synchronous}")
+        # Checkpoints run on their own thread (SqliteWorker), not inside a request's commit.
+        c.execute("PRAGMA wal_autocheckpoint=0")
+        c.execute(f"PRAGMA journal_size_limit={64 << 20}")
         c.execute("BEGIN IMMEDIATE")
         try:
-            out = fn(c)
+            for stmt in SCHEMA.split(";"):
+                if stmt.strip():
+                    c.execute(stmt)
             c.execute("COMMIT")
-            return out
         except BaseException:
             c.execute("ROLLBACK")
+            c.close()
             raise
+        return c
+
+    def _connect_checkpointer(self) -> sqlite3.Connection:
+        c = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        c.execute(f"PRAGMA synchronous={self._synchronous}")
+        return c
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` inside a write transaction on the ledger thread, possibly batched with others."""
+        if self._closed:
+            raise RuntimeError("ledger is closed")
+        out: T = await self._worker.run(fn)
+        return out
 
     # -- counter primitives (inside a transaction) ----------------------------------------------------
     @staticmethod
@@ -191,24 +202,29 @@ class SqliteLedger(Ledger):
         for rid, body in rows:
             self._drop_reservation(c, rid, body, now)
 
-    def _maybe_prune(self, now: float) -> None:
+    def _maybe_prune(self, c: sqlite3.Connection) -> None:
+        now = self._clock  # the instant of the latest reserve, like every other expiry decision
         if now - self._last_prune < PRUNE_EVERY:
             return
         self._last_prune = now
-
-        def prune(c: sqlite3.Connection) -> None:
+        c.execute("BEGIN IMMEDIATE")
+        try:
             c.execute("DELETE FROM counters WHERE expires_at < ?", (now,))
             c.execute("DELETE FROM settled WHERE at < ?", (now - self.settled_ttl,))
             c.execute("DELETE FROM marks WHERE expires_at < ?", (now,))
             c.execute("DELETE FROM limits WHERE expires_at < ?", (now,))
             c.execute("DELETE FROM rates WHERE at < ?", (now - 120,))
-
-        self._txn(prune)
+            c.execute("COMMIT")
+        except BaseException:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise
 
     # -- operations (run on the ledger thread) -------------------------------------------------------
-    def _reserve_sync(self, rid: str, refs: list[CounterRef], amt: tuple[int, int, int], now: float,
-                      limits: tuple[Limit, ...], amount: Amount) -> Reservation | Refusal:
+    def _reserve_op(self, rid: str, refs: list[CounterRef], amt: tuple[int, int, int], now: float,
+                    limits: tuple[Limit, ...], amount: Amount) -> Callable[[sqlite3.Connection], Any]:
         def body(c: sqlite3.Connection) -> Reservation | Refusal | str:
+            self._clock = now
             self._sweep(c, now)
             row = c.execute("SELECT expires_at FROM reservations WHERE id = ?", (rid,)).fetchone()
             if row:  # a retried reserve of the same request holds nothing twice
@@ -230,15 +246,10 @@ class SqliteLedger(Ledger):
             c.execute("INSERT INTO reservations (id, body, expires_at) VALUES (?, ?, ?)", (rid, payload, exp))
             return Reservation(rid, amount, limits, exp)
 
-        out = self._txn(body)
-        self._maybe_prune(now)
-        if out == "settled":
-            raise ValueError(f"request {rid!r} was already settled")
-        assert not isinstance(out, str)
-        return out
+        return body
 
-    def _settle_sync(self, rid: str, actual: tuple[int, int, int], fallback: list[CounterRef],
-                     now: float) -> SettleResult:
+    def _settle_op(self, rid: str, actual: tuple[int, int, int], fallback: list[CounterRef],
+                   now: float) -> Callable[[sqlite3.Connection], SettleResult]:
         def body(c: sqlite3.Connection) -> SettleResult:
             if c.execute("SELECT 1 FROM settled WHERE id = ?", (rid,)).fetchone():
                 return SettleResult(rid, False)
@@ -259,9 +270,9 @@ class SqliteLedger(Ledger):
             c.execute("INSERT INTO settled (id, at) VALUES (?, ?)", (rid, now))
             return SettleResult(rid, True, tuple(spends))
 
-        return self._txn(body)
+        return body
 
-    def _release_sync(self, rid: str, now: float) -> bool:
+    def _release_op(self, rid: str, now: float) -> Callable[[sqlite3.Connection], bool]:
         def body(c: sqlite3.Connection) -> bool:
             row = c.execute("SELECT body FROM reservations WHERE id = ?", (rid,)).fetchone()
             if not row:
@@ -269,7 +280,7 @@ class SqliteLedger(Ledger):
             self._drop_reservation(c, rid, row[0], now)
             return True
 
-        return self._txn(body)
+        return body
 
     def _registered(self, c: sqlite3.Connection, scope: str | None, scope_id: str | None,
                     now: float) -> list[Limit]:
@@ -282,8 +293,8 @@ class SqliteLedger(Ledger):
         out = [Limit.from_dict(json.loads(r[0])) for r in rows]
         return [x for x in out if scope is None or x.scope == scope]
 
-    def _usage_sync(self, scope: str | None, scope_id: str | None, limits: list[Limit] | None,
-                    now: float) -> list[UsageRow]:
+    def _usage_op(self, scope: str | None, scope_id: str | None, limits: list[Limit] | None,
+                  now: float) -> Callable[[sqlite3.Connection], list[UsageRow]]:
         def body(c: sqlite3.Connection) -> list[UsageRow]:
             lims = limits if limits is not None else self._registered(c, scope, scope_id, now)
             rows: list[UsageRow] = []
@@ -291,9 +302,9 @@ class SqliteLedger(Ledger):
                 rows.extend(usage_rows(ref, self._read(c, ref, now)))
             return rows
 
-        return self._txn(body)
+        return body
 
-    def _reset_sync(self, scope: str, scope_id: str, now: float) -> None:
+    def _reset_op(self, scope: str, scope_id: str, now: float) -> Callable[[sqlite3.Connection], None]:
         def body(c: sqlite3.Connection) -> None:
             p = scope_prefix(scope, scope_id)
             # Spent goes to zero; in-flight reservations stay held so their settle still balances.
@@ -301,10 +312,10 @@ class SqliteLedger(Ledger):
             m = alert_mark_prefix(scope, scope_id)
             c.execute("DELETE FROM marks WHERE k >= ? AND k < ?", (m, m + "~"))
 
-        self._txn(body)
+        return body
 
-    def _rate_sync(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int,
-                   now: float) -> Refusal | None:
+    def _rate_op(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int,
+                 now: float) -> Callable[[sqlite3.Connection], Refusal | None]:
         caps = {"requests": rpm, "tokens": tpm}
         needs = {"requests": 1.0, "tokens": float(tokens)}
 
@@ -324,10 +335,10 @@ class SqliteLedger(Ledger):
                               (f"{key_id}|{unit}", levels[unit] - needs[unit], now))
             return refusal
 
-        return self._txn(body)
+        return body
 
-    def _claim_sync(self, mark: str, ttl: float, now: float) -> bool:
-        c = self._conn()
+    @staticmethod
+    def _claim(c: sqlite3.Connection, mark: str, ttl: float, now: float) -> bool:
         cur = c.execute("INSERT INTO marks (k, expires_at) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET "
                         "expires_at = excluded.expires_at WHERE marks.expires_at < ?", (mark, now + ttl, now))
         return cur.rowcount == 1
@@ -336,46 +347,44 @@ class SqliteLedger(Ledger):
     async def reserve(self, request_id: str, limits: list[Limit], amount: Amount,
                       now: float | None = None) -> Reservation | Refusal:
         now = time.time() if now is None else now
-        return await self._run(self._reserve_sync, request_id, plan(limits, now), amount.to_nano(), now,
-                               tuple(limits), amount)
+        out = await self._run(self._reserve_op(request_id, plan(limits, now), amount.to_nano(), now,
+                                               tuple(limits), amount))
+        if out == "settled":
+            raise ValueError(f"request {request_id!r} was already settled")
+        assert isinstance(out, Reservation | Refusal)
+        return out
 
     async def settle(self, request_id: str, actual: Amount, limits: list[Limit] | None = None,
                      now: float | None = None) -> SettleResult:
         now = time.time() if now is None else now
-        return await self._run(self._settle_sync, request_id, actual.to_nano(), plan(limits or [], now), now)
+        return await self._run(self._settle_op(request_id, actual.to_nano(), plan(limits or [], now), now))
 
     async def _release(self, request_id: str, now: float) -> bool:
-        return await self._run(self._release_sync, request_id, now)
+        return await self._run(self._release_op(request_id, now))
 
     async def usage(self, scope: str | None = None, scope_id: str | None = None, *,
                     limits: list[Limit] | None = None, now: float | None = None) -> list[UsageRow]:
         now = time.time() if now is None else now
-        return await self._run(self._usage_sync, scope, scope_id, limits, now)
+        return await self._run(self._usage_op(scope, scope_id, limits, now))
 
     async def reset(self, scope: str, scope_id: str, now: float | None = None) -> None:
-        await self._run(self._reset_sync, scope, scope_id, time.time() if now is None else now)
+        await self._run(self._reset_op(scope, scope_id, time.time() if now is None else now))
 
     async def rate_limit(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int = 0,
                          now: float | None = None) -> Refusal | None:
         if rpm is None and tpm is None:
             return None
-        return await self._run(self._rate_sync, key_id, rpm, tpm, tokens, time.time() if now is None else now)
+        return await self._run(self._rate_op(key_id, rpm, tpm, tokens, time.time() if now is None else now))
 
     async def claim_once(self, mark: str, ttl_seconds: float) -> bool:
-        return await self._run(self._claim_sync, mark, ttl_seconds, time.time())
+        now = time.time()
+        return await self._run(lambda c: self._claim(c, mark, ttl_seconds, now))
 
     async def ping(self) -> None:
-        await self._run(lambda: self._conn().execute("SELECT 1").fetchone())
+        await self._run(lambda c: c.execute("SELECT 1").fetchone())
 
     async def close(self) -> None:
         if self._closed:
             return
-
-        def shut() -> None:
-            if self._conn_obj is not None:
-                self._conn_obj.close()
-                self._conn_obj = None
-
-        await asyncio.get_running_loop().run_in_executor(self._pool, shut)
         self._closed = True
-        self._pool.shutdown(wait=False)
+        await self._worker.stop()  # what is queued still commits; then the connections close

@@ -1,0 +1,238 @@
+"""One SQLite connection on a dedicated thread that group-commits whatever operations are queued.
+
+Callers on the event loop queue an operation (a function of the connection) and await a future. The thread
+takes everything queued (up to ``max_batch``), runs it in **one** ``BEGIN IMMEDIATE … COMMIT`` — each
+operation inside its own savepoint, so a failing one is undone alone — and only after ``COMMIT`` returns
+resolves the futures: an acknowledged operation is committed. Under load one commit (its WAL frames, its
+lock round-trip, with ``synchronous=FULL`` its fsync) is shared by many requests; alone, an operation is
+one transaction as before.
+
+Checkpoints (copying the WAL back into the database file, with an fsync) are the other source of slow
+commits: SQLite's automatic checkpoint runs inside whichever commit crosses 1,000 WAL pages. Here it is
+off on the request connection and a second thread runs passive checkpoints on its own connection (never
+blocking writers), after every ``checkpoint_every`` commits or once a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("otelgate.budgets")
+
+Op = Callable[[sqlite3.Connection], Any]
+
+
+class _Job:
+    __slots__ = ("fn", "fut", "loop", "state")
+
+    def __init__(self, fn: Op, loop: asyncio.AbstractEventLoop | None, fut: asyncio.Future[Any] | None) -> None:
+        self.fn = fn
+        self.loop = loop
+        self.fut = fut
+        self.state = 0  # 0 queued, 1 taken by the thread, 2 abandoned by its caller (timed out, cancelled)
+
+
+def _resolve(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for fut, ok, value in items:
+        if fut.done():  # the caller gave up (wait_for timeout) after the thread took the job
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+
+class SqliteWorker:
+    """Serialises every use of one connection onto one thread; see the module docstring."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection], *, max_batch: int = 64,
+                 checkpoint: Callable[[], sqlite3.Connection] | None = None, checkpoint_every: int = 100,
+                 after_batch: Callable[[sqlite3.Connection], None] | None = None) -> None:
+        self._connect = connect
+        self._conn: sqlite3.Connection | None = None
+        self._max_batch = max_batch
+        self._after_batch = after_batch
+        self._q: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._claim = threading.Lock()  # taking vs abandoning a queued job
+        self._start_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._ckpt_connect = checkpoint
+        self._ckpt_every = checkpoint_every
+        self._ckpt_wake = threading.Event()
+        self._ckpt_thread: threading.Thread | None = None
+        self._stopping = False
+        self._since_ckpt = 0
+        # Monotonic time the thread last finished a commit: the store's own progress, independent of how
+        # long callers queued or how busy the event loop is (ResilientLedger reads it).
+        self.last_answer = 0.0
+        self.commits = 0
+        self.ops = 0
+
+    # -- event-loop side ---------------------------------------------------------------------------------
+    async def run(self, fn: Op) -> Any:
+        loop = asyncio.get_running_loop()
+        job = _Job(fn, loop, loop.create_future())
+        self._ensure_started()
+        self._q.put(job)
+        assert job.fut is not None
+        try:
+            return await job.fut
+        except asyncio.CancelledError:
+            with self._claim:
+                if job.state == 0:
+                    job.state = 2  # not started: the thread will skip it, nothing reaches the store
+            raise
+
+    async def stop(self) -> None:
+        """Finish what is queued, close the connections, end both threads."""
+        t = self._thread
+        if t is None:
+            return
+        self._q.put(None)
+        await asyncio.get_running_loop().run_in_executor(None, t.join)
+
+    def _ensure_started(self) -> None:
+        if self._thread is not None:
+            return
+        with self._start_lock:
+            if self._thread is None:
+                t = threading.Thread(target=self._main, name="otelgate-ledger", daemon=True)
+                t.start()
+                self._thread = t
+
+    # -- the ledger thread ---------------------------------------------------------------------------------
+    def _main(self) -> None:
+        try:
+            while True:
+                job = self._q.get()
+                if job is None:
+                    break
+                batch = [job]
+                stop = False
+                while len(batch) < self._max_batch:
+                    try:
+                        nxt = self._q.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        stop = True
+                        break
+                    batch.append(nxt)
+                self._run_batch(batch)
+                if stop:
+                    break
+        finally:
+            self._stopping = True
+            self._ckpt_wake.set()
+            if self._ckpt_thread is not None:
+                self._ckpt_thread.join()
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _take(self, batch: list[_Job]) -> list[_Job]:
+        with self._claim:
+            taken = [j for j in batch if j.state == 0]
+            for j in taken:
+                j.state = 1
+        return taken
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        jobs = self._take(batch)
+        if not jobs:
+            return
+        results: list[tuple[bool, Any]]
+        try:
+            if self._conn is None:
+                self._conn = self._connect()
+                self._start_checkpointer()
+            results = self._transaction(self._conn, jobs)
+        except Exception as e:  # nothing committed: every job of the batch gets the error
+            results = [(False, e)] * len(jobs)
+        self._deliver(jobs, results)
+        if self._after_batch is not None and self._conn is not None:
+            try:
+                self._after_batch(self._conn)
+            except Exception as e:  # housekeeping only; the next batch retries it
+                log.warning("ledger housekeeping failed: %s", e)
+
+    def _transaction(self, c: sqlite3.Connection, jobs: list[_Job]) -> list[tuple[bool, Any]]:
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            if len(jobs) == 1:  # alone: the transaction is the unit, no savepoint needed
+                results: list[tuple[bool, Any]] = [(True, jobs[0].fn(c))]
+            else:
+                results = [self._in_savepoint(c, j.fn) for j in jobs]
+            c.execute("COMMIT")
+        except BaseException:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise
+        self.last_answer = time.monotonic()
+        self.commits += 1
+        self.ops += len(jobs)
+        self._since_ckpt += 1
+        if self._ckpt_thread is not None and self._since_ckpt >= self._ckpt_every:
+            self._ckpt_wake.set()
+        return results
+
+    @staticmethod
+    def _in_savepoint(c: sqlite3.Connection, fn: Op) -> tuple[bool, Any]:
+        c.execute("SAVEPOINT op")
+        try:
+            out = fn(c)
+        except Exception as e:
+            if not c.in_transaction:
+                raise  # SQLite rolled the whole transaction back (I/O error, disk full): the batch fails
+            c.execute("ROLLBACK TO op")
+            c.execute("RELEASE op")
+            return False, e
+        c.execute("RELEASE op")
+        return True, out
+
+    def _deliver(self, jobs: list[_Job], results: list[tuple[bool, Any]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+        for job, (ok, value) in zip(jobs, results, strict=True):
+            if job.loop is not None and job.fut is not None:
+                by_loop.setdefault(job.loop, []).append((job.fut, ok, value))
+        for loop, items in by_loop.items():
+            try:  # one wake-up of the loop per batch, not per job
+                loop.call_soon_threadsafe(_resolve, items)
+            except RuntimeError:  # that loop is closed: nobody is waiting any more
+                pass
+
+    # -- the checkpoint thread -------------------------------------------------------------------------------
+    def _start_checkpointer(self) -> None:
+        if self._ckpt_connect is None or self._ckpt_thread is not None:
+            return
+        t = threading.Thread(target=self._checkpoints, name="otelgate-ledger-ckpt", daemon=True)
+        t.start()
+        self._ckpt_thread = t
+
+    def _checkpoints(self) -> None:
+        assert self._ckpt_connect is not None
+        try:
+            c = self._ckpt_connect()
+        except sqlite3.Error as e:
+            log.warning("ledger checkpointer could not open the database: %s", e)
+            return
+        try:
+            while not self._stopping:
+                self._ckpt_wake.wait(1.0)
+                self._ckpt_wake.clear()
+                if self._since_ckpt == 0:
+                    continue
+                self._since_ckpt = 0
+                try:
+                    c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error as e:  # e.g. busy with another process's checkpoint: next time
+                    log.debug("ledger checkpoint skipped: %s", e)
+        finally:
+            c.close()
