@@ -66,15 +66,16 @@ class TelemetryFilter:
         ttfc_s = (first - ctx.start_ns) / 1e9 if ctx.stream and first is not None and first >= ctx.start_ns else None
         content = capture(ctx, tel.config.content_max_bytes) if tel.capture_content and spans.chat else None
         metric_ctx = spans.current
+        span_context = (spans.chat or spans.server).get_span_context()
+        exemplar = tel.metrics.local.exemplar_for(span_context)
         if ctx.session_id:
             self._tools(ctx, spans, end_ns)
         finish(tel.tracer, spans, ctx, end_ns, err, ttfc_s, content)
-        tel.metrics.record_call(ctx, metric_ctx, (end_ns - ctx.start_ns) / 1e9, err, ttfc_s, end_ns)
+        tel.metrics.record_call(ctx, exemplar, (end_ns - ctx.start_ns) / 1e9, err, ttfc_s, end_ns)
         if ctx.session_id and ctx.route.operation == sc.OP_CHAT:
             new, position = tel.sessions.call(ctx.session_id, ctx.start_ns)
-            tel.metrics.record_session(new, position, tel.metrics.who(ctx), metric_ctx)
+            tel.metrics.record_session(new, position, tel.metrics.who(ctx), exemplar, end_ns)
         if tel.access_log.enabled:
-            span_context = (spans.chat or spans.server).get_span_context()
             fields = access_fields(ctx, f"{span_context.trace_id:032x}", f"{span_context.span_id:016x}", end_ns, ttfc_s)
             tel.access_log.emit(fields, metric_ctx)
 
@@ -98,11 +99,17 @@ class TelemetryFilter:
                     evidence="matched",
                 )
                 duration = max(0.0, (ctx.start_ns - call.asked_ns) / 1e9)
-                tel.metrics.record_tool(call.name, "error" if result.is_error else "ok", duration, spans.server_context)
+                tel.metrics.record_tool(
+                    call.name,
+                    "error" if result.is_error else "ok",
+                    duration,
+                    tel.metrics.local.exemplar_for(spans.server.get_span_context()),
+                    end_ns,
+                )
         if ctx.result.tool_calls and spans.chat is not None:
             evicted = tel.tools.expect(session, ctx.result.tool_calls, end_ns, spans.chat.get_span_context())
             for call in evicted:
-                tel.metrics.record_tool(call.name, "unanswered", None, None)
+                tel.metrics.record_tool(call.name, "unanswered", None, None, end_ns)
 
     def _report(self, where: str, exc: Exception) -> None:
         kind = f"{where}:{type(exc).__name__}"

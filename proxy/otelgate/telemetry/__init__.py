@@ -49,7 +49,7 @@ class Telemetry:
         self.providers: Providers = build_providers([self._reader] if self._reader else [], extra_span_exporter)
         self.tracer = self.providers.tracer_provider.get_tracer(semconv.INSTRUMENTATION_SCOPE)
         self.meter = self.providers.meter_provider.get_meter(semconv.INSTRUMENTATION_SCOPE)
-        self.metrics = Metrics(self.meter, self.config, self.providers.stats)
+        self.metrics = Metrics(self.meter, self.config, self.providers.stats, self.providers.local_metrics)
         self.tools = ToolTracker(self.config.tool_state_max_conversations, self.config.tool_state_ttl_seconds)
         self.sessions = SessionTracker(self.config.tool_state_max_conversations, self.config.tool_state_ttl_seconds)
         self.access_log = AccessLog(

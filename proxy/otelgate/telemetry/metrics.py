@@ -2,7 +2,7 @@
 
 Label values are ids (key id, team id, model, tool name), never secrets; each unbounded label goes through a
 `LabelLimiter` so a flood of new models or keys folds into `_OTHER` instead of exploding the series count.
-Recording passes the chat span's context, so OTLP exemplars link a histogram bucket to the trace behind it.
+Histograms carry the chat span's ids as exemplars, so an OTLP histogram bucket links to the trace behind it.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from otelgate.telemetry import semconv as sc
+from otelgate.telemetry.aggregate import Key, LocalMetrics
 
 if TYPE_CHECKING:
     from otelgate.config import TelemetryConfig
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 CircuitSource = Callable[[], Iterable[tuple[str, str | None, int]]]
 InflightSource = Callable[[], "int | Iterable[tuple[str, int]]"]
+_INPUT: Key = ((sc.GEN_AI_TOKEN_TYPE, sc.TOKEN_INPUT),)
+_OUTPUT: Key = ((sc.GEN_AI_TOKEN_TYPE, sc.TOKEN_OUTPUT),)
 
 
 class LabelLimiter:
@@ -56,41 +58,34 @@ def timeout_kind(error_type: str | None) -> str | None:
 
 
 class Metrics:
-    def __init__(self, meter: Meter, config: TelemetryConfig, stats: ExportStats) -> None:
+    def __init__(self, meter: Meter, config: TelemetryConfig, stats: ExportStats, local: LocalMetrics) -> None:
         self.models = LabelLimiter(config.max_model_labels)
         self.keys = LabelLimiter(config.max_key_labels)
         self.teams = LabelLimiter(config.max_key_labels)
         self.tools = LabelLimiter(config.max_model_labels * 4)
+        self.local = local
         self._stats = stats
         self._budgets: dict[tuple[str, str, str, str], tuple[float, float]] = {}
         self._circuit_sources: list[CircuitSource] = []
         self._inflight_sources: list[InflightSource] = []
 
-        def hist(spec: tuple[str, str, str], buckets: Iterable[float]) -> Any:
-            name, unit, description = spec
-            return meter.create_histogram(
-                name, unit=unit, description=description, explicit_bucket_boundaries_advisory=list(buckets)
-            )
-
-        def counter(spec: tuple[str, str, str]) -> Any:
-            name, unit, description = spec
-            return meter.create_counter(name, unit=unit, description=description)
-
-        self.duration = hist(sc.M_OPERATION_DURATION, sc.DURATION_BUCKETS)
-        self.tokens = hist(sc.M_TOKEN_USAGE, sc.TOKEN_BUCKETS)
-        self.ttfc = hist(sc.M_TIME_TO_FIRST_CHUNK, sc.DURATION_BUCKETS)
-        self.tpoc = hist(sc.M_TIME_PER_OUTPUT_CHUNK, sc.DURATION_BUCKETS)
-        self.cost = counter(sc.M_COST)
-        self.retries = counter(sc.M_RETRIES)
-        self.responses = counter(sc.M_RESPONSES)
-        self.timeouts = counter(sc.M_TIMEOUTS)
-        self.fallbacks = counter(sc.M_FALLBACKS)
-        self.rejected = counter(sc.M_REJECTED)
-        self.detections = counter(sc.M_DETECTIONS)
-        self.tool_calls = counter(sc.M_TOOL_CALLS)
-        self.tool_duration = hist(sc.M_TOOL_DURATION, sc.TOOL_DURATION_BUCKETS)
-        self.sessions = counter(sc.M_SESSIONS)
-        self.session_calls = hist(sc.M_SESSION_CALLS, sc.SESSION_CALL_BUCKETS)
+        # Per-call instruments aggregate locally (see aggregate.py: the SDK's per-measurement path cost ~10 µs
+        # each); the gauges and the exporter counters are read at collection anyway and stay SDK observables.
+        self.duration = local.histogram(sc.M_OPERATION_DURATION, sc.DURATION_BUCKETS)
+        self.tokens = local.histogram(sc.M_TOKEN_USAGE, sc.TOKEN_BUCKETS)
+        self.ttfc = local.histogram(sc.M_TIME_TO_FIRST_CHUNK, sc.DURATION_BUCKETS)
+        self.tpoc = local.histogram(sc.M_TIME_PER_OUTPUT_CHUNK, sc.DURATION_BUCKETS)
+        self.cost = local.counter(sc.M_COST)
+        self.retries = local.counter(sc.M_RETRIES)
+        self.responses = local.counter(sc.M_RESPONSES)
+        self.timeouts = local.counter(sc.M_TIMEOUTS)
+        self.fallbacks = local.counter(sc.M_FALLBACKS)
+        self.rejected = local.counter(sc.M_REJECTED)
+        self.detections = local.counter(sc.M_DETECTIONS)
+        self.tool_calls = local.counter(sc.M_TOOL_CALLS)
+        self.tool_duration = local.histogram(sc.M_TOOL_DURATION, sc.TOOL_DURATION_BUCKETS)
+        self.sessions = local.counter(sc.M_SESSIONS)
+        self.session_calls = local.histogram(sc.M_SESSION_CALLS, sc.SESSION_CALL_BUCKETS)
 
         for spec, callback in (
             (sc.M_BUDGET_UTILIZATION, self._observe_utilization),
@@ -109,10 +104,11 @@ class Metrics:
             meter.create_observable_counter(name, callbacks=[callback], unit=unit, description=description)
 
     # --- per call ------------------------------------------------------------------------------------------
+    # Keys are (attribute, value) tuples built in one fixed order per metric (aggregate.py relies on it).
     def record_call(
         self,
         ctx: RequestContext,
-        otel_ctx: Context | None,
+        exemplar: tuple[int, int] | None,
         duration_s: float,
         error_type: str | None,
         ttfc_s: float | None,
@@ -120,70 +116,62 @@ class Metrics:
     ) -> None:
         provider = ctx.provider.name
         model = self.models(ctx.model)
-        principal = ctx.principal
-        who = {
-            sc.OTELGATE_KEY: self.keys(principal.key_id) if principal else "",
-            sc.OTELGATE_TEAM: self.teams(principal.team) if principal and principal.team else "",
-        }
-        if ctx.route.operation == sc.OP_CHAT:
-            base: dict[str, Any] = {
-                sc.GEN_AI_OPERATION_NAME: sc.OP_CHAT,
-                sc.GEN_AI_PROVIDER_NAME: provider,
-                sc.GEN_AI_REQUEST_MODEL: model,
-            }
-            if ctx.result.response_model:
-                base[sc.GEN_AI_RESPONSE_MODEL] = self.models(ctx.result.response_model)
-            last = ctx.attempts[-1] if ctx.attempts else None
-            if last is not None:
-                base[sc.SERVER_ADDRESS] = last.server_address
-                if last.server_port is not None:
-                    base[sc.SERVER_PORT] = last.server_port
-            if error_type:
-                self.duration.record(duration_s, {**base, sc.ERROR_TYPE: error_type}, context=otel_ctx)
-            else:
-                self.duration.record(duration_s, base, context=otel_ctx)
-            usage = ctx.result.usage
-            if usage.known:
-                self.tokens.record(usage.total_input, {**base, sc.GEN_AI_TOKEN_TYPE: sc.TOKEN_INPUT}, context=otel_ctx)
-                self.tokens.record(
-                    usage.output_tokens, {**base, sc.GEN_AI_TOKEN_TYPE: sc.TOKEN_OUTPUT}, context=otel_ctx
+        who = self.who(ctx)
+        attempts = ctx.attempts
+        with self.local.lock:
+            if ctx.route.operation == sc.OP_CHAT:
+                base: Key = (
+                    (sc.GEN_AI_OPERATION_NAME, sc.OP_CHAT),
+                    (sc.GEN_AI_PROVIDER_NAME, provider),
+                    (sc.GEN_AI_REQUEST_MODEL, model),
                 )
-            if ctx.stream and ttfc_s is not None:
-                self.ttfc.record(ttfc_s, base, context=otel_ctx)
-                first = ctx.result.first_chunk_ns
-                if first is not None and ctx.result.chunks > 1 and end_ns > first:
-                    self.tpoc.record((end_ns - first) / 1e9 / (ctx.result.chunks - 1), base, context=otel_ctx)
-        if ctx.cost_usd:
-            self.cost.add(
-                ctx.cost_usd,
-                {**who, sc.GEN_AI_REQUEST_MODEL: model, sc.GEN_AI_PROVIDER_NAME: provider},
-                context=otel_ctx,
-            )
-        for attempt in ctx.attempts:
-            where = {sc.GEN_AI_PROVIDER_NAME: provider, sc.SERVER_ADDRESS: attempt.server_address}
-            if attempt.status is not None:
-                self.responses.add(1, {**where, sc.HTTP_RESPONSE_STATUS_CODE: attempt.status}, context=otel_ctx)
-            if attempt.retry_reason:
-                self.retries.add(1, {**where, sc.LABEL_REASON: attempt.retry_reason}, context=otel_ctx)
-            kind = timeout_kind(attempt.error_type)
-            if kind:
-                self.timeouts.add(1, {**where, sc.LABEL_KIND: kind}, context=otel_ctx)
-        if ctx.fallback:
-            self.fallbacks.add(
-                1,
-                {
-                    sc.GEN_AI_PROVIDER_NAME: provider,
-                    sc.LABEL_FROM_MODEL: model,
-                    sc.LABEL_TO_MODEL: self.models(ctx.fallback),
-                },
-                context=otel_ctx,
-            )
-        if ctx.outcome == "rejected":
-            self.rejected.add(1, {**who, sc.LABEL_REASON: ctx.rejected_reason or sc.OTHER}, context=otel_ctx)
-        for verdict in ctx.verdicts:
-            self._record_verdict(verdict, otel_ctx)
+                if ctx.result.response_model:
+                    base += ((sc.GEN_AI_RESPONSE_MODEL, self.models(ctx.result.response_model)),)
+                if attempts:
+                    last = attempts[-1]
+                    base += ((sc.SERVER_ADDRESS, last.server_address),)
+                    if last.server_port is not None:
+                        base += ((sc.SERVER_PORT, last.server_port),)
+                duration_key = (*base, (sc.ERROR_TYPE, error_type)) if error_type else base
+                self.duration.record(duration_key, duration_s, end_ns, exemplar)
+                usage = ctx.result.usage
+                if usage.known:
+                    self.tokens.record(base + _INPUT, usage.total_input, end_ns, exemplar)
+                    self.tokens.record(base + _OUTPUT, usage.output_tokens, end_ns, exemplar)
+                if ctx.stream and ttfc_s is not None:
+                    self.ttfc.record(base, ttfc_s, end_ns, exemplar)
+                    first = ctx.result.first_chunk_ns
+                    if first is not None and ctx.result.chunks > 1 and end_ns > first:
+                        self.tpoc.record(base, (end_ns - first) / 1e9 / (ctx.result.chunks - 1), end_ns, exemplar)
+            if ctx.cost_usd:
+                self.cost.add(
+                    (*who, (sc.GEN_AI_REQUEST_MODEL, model), (sc.GEN_AI_PROVIDER_NAME, provider)), ctx.cost_usd, end_ns
+                )
+            for attempt in attempts:
+                where = ((sc.GEN_AI_PROVIDER_NAME, provider), (sc.SERVER_ADDRESS, attempt.server_address))
+                if attempt.status is not None:
+                    self.responses.add((*where, (sc.HTTP_RESPONSE_STATUS_CODE, attempt.status)), 1, end_ns)
+                if attempt.retry_reason:
+                    self.retries.add((*where, (sc.LABEL_REASON, attempt.retry_reason)), 1, end_ns)
+                kind = timeout_kind(attempt.error_type)
+                if kind:
+                    self.timeouts.add((*where, (sc.LABEL_KIND, kind)), 1, end_ns)
+            if ctx.fallback:
+                self.fallbacks.add(
+                    (
+                        (sc.GEN_AI_PROVIDER_NAME, provider),
+                        (sc.LABEL_FROM_MODEL, model),
+                        (sc.LABEL_TO_MODEL, self.models(ctx.fallback)),
+                    ),
+                    1,
+                    end_ns,
+                )
+            if ctx.outcome == "rejected":
+                self.rejected.add((*who, (sc.LABEL_REASON, ctx.rejected_reason or sc.OTHER)), 1, end_ns)
+            for verdict in ctx.verdicts:
+                self._record_verdict(verdict, end_ns)
 
-    def _record_verdict(self, verdict: dict[str, Any], otel_ctx: Context | None) -> None:
+    def _record_verdict(self, verdict: dict[str, Any], now_ns: int) -> None:
         rules = verdict.get("rules")
         if rules is None:
             rules = [verdict["rule"]] if verdict.get("rule") else []
@@ -191,29 +179,30 @@ class Metrics:
         action = str(verdict.get("action") or "")
         for rule in rules:
             name = rule.get("id") or rule.get("name") if isinstance(rule, dict) else rule
-            self.detections.add(
-                1,
-                {sc.LABEL_RULE: str(name), sc.LABEL_LOCATION: location, sc.LABEL_ACTION: action},
-                context=otel_ctx,
-            )
+            key = ((sc.LABEL_RULE, str(name)), (sc.LABEL_LOCATION, location), (sc.LABEL_ACTION, action))
+            self.detections.add(key, 1, now_ns)
 
-    def record_tool(self, tool: str, outcome: str, duration_s: float | None, otel_ctx: Context | None) -> None:
-        attributes = {sc.GEN_AI_TOOL_NAME: self.tools(tool), sc.LABEL_OUTCOME: outcome}
-        self.tool_calls.add(1, attributes, context=otel_ctx)
-        if duration_s is not None:
-            self.tool_duration.record(duration_s, attributes, context=otel_ctx)
+    def record_tool(
+        self, tool: str, outcome: str, duration_s: float | None, exemplar: tuple[int, int] | None, now_ns: int
+    ) -> None:
+        key = ((sc.GEN_AI_TOOL_NAME, self.tools(tool)), (sc.LABEL_OUTCOME, outcome))
+        with self.local.lock:
+            self.tool_calls.add(key, 1, now_ns)
+            if duration_s is not None:
+                self.tool_duration.record(key, duration_s, now_ns, exemplar)
 
-    def record_session(self, new: bool, position: int, who: dict[str, str], otel_ctx: Context | None) -> None:
-        if new:
-            self.sessions.add(1, who, context=otel_ctx)
-        self.session_calls.record(position, who, context=otel_ctx)
+    def record_session(self, new: bool, position: int, who: Key, exemplar: tuple[int, int] | None, now_ns: int) -> None:
+        with self.local.lock:
+            if new:
+                self.sessions.add(who, 1, now_ns)
+            self.session_calls.record(who, position, now_ns, exemplar)
 
-    def who(self, ctx: RequestContext) -> dict[str, str]:
+    def who(self, ctx: RequestContext) -> Key:
         principal = ctx.principal
-        return {
-            sc.OTELGATE_KEY: self.keys(principal.key_id) if principal else "",
-            sc.OTELGATE_TEAM: self.teams(principal.team) if principal and principal.team else "",
-        }
+        return (
+            (sc.OTELGATE_KEY, self.keys(principal.key_id) if principal else ""),
+            (sc.OTELGATE_TEAM, self.teams(principal.team) if principal and principal.team else ""),
+        )
 
     # --- gauges fed by other stages ---------------------------------------------------------------------------
     def set_budget(self, scope: str, id: str, window: str, unit: str, spent: float, limit: float) -> None:

@@ -36,6 +36,7 @@ from opentelemetry.sdk.trace.export import (
 
 from otelgate import __version__
 from otelgate.telemetry import semconv as sc
+from otelgate.telemetry.aggregate import LocalMetrics
 
 # Process-wide: one instance id per process, as service.instance.id requires.
 INSTANCE_ID = str(uuid.uuid4())
@@ -232,6 +233,7 @@ class Providers:
     logger_provider: LoggerProvider | None
     span_processors: list[SpanProcessor]
     description: str  # for health(): which exporter, where
+    local_metrics: LocalMetrics
     shutdown_hooks: list[Callable[[], None]] = field(default_factory=list)
 
     def shutdown(self, timeout_millis: int) -> None:
@@ -292,6 +294,9 @@ def build_providers(
         )
         described.append(f"metrics: otlp {protocol} {otlp_endpoint(sc.SIGNAL_METRICS)}")
     meter_provider = MeterProvider(resource=resource, metric_readers=all_readers)
+    local_metrics = LocalMetrics(sc.INSTRUMENTATION_SCOPE)
+    for reader in all_readers:
+        local_metrics.attach(reader, resource)
 
     logger_provider: LoggerProvider | None = None
     if _exporter_enabled(sc.SIGNAL_LOGS):
@@ -310,6 +315,7 @@ def build_providers(
         logger_provider=logger_provider,
         span_processors=processors,
         description="; ".join(described) or "none",
+        local_metrics=local_metrics,
     )
 
 
