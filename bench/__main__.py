@@ -63,6 +63,7 @@ class Row:
     requests: int
     errors: int
     cpu_ms: float | None
+    paced_rate: float
     p50: float
     p99: float
     ttft_p50: float | None
@@ -90,17 +91,20 @@ def measure(name: str, running: Running, args: argparse.Namespace) -> list[Row]:
         before = cpu_seconds(running.pid) if running.pid else 0.0
         result = wrk(url, body, args.seconds, args.connections, HEADERS, args.load_cores)
         cpu_ms = (cpu_seconds(running.pid) - before) * 1000 / max(1, result.total) if running.pid else None
-        lat = asyncio.run(paced(url, body, HEADERS, args.rate, args.paced_seconds))
+        # A moderate rate for this target: the fixed --rate, or half its saturation if that is lower (at or past
+        # saturation the latency is queueing, not the proxy's cost).
+        rate = min(args.rate, max(1.0, result.rps / 2))
+        lat = asyncio.run(paced(url, body, HEADERS, rate, args.paced_seconds))
         stream = bool(body.get("stream"))
-        row = Row(mode, name, result.rps, result.total, result.errors, cpu_ms, lat.p50, lat.p99,
+        row = Row(mode, name, result.rps, result.total, result.errors, cpu_ms, rate, lat.p50, lat.p99,
                   lat.ttft_p50 if stream else None, lat.ttft_p99 if stream else None, lat.failures,
                   peak_rss_mb(running.pid) if running.pid else None)
         rows.append(row)
         cpu = "-" if cpu_ms is None else f"{cpu_ms:.3f}"
         ttft = f"  ttft p50 {row.ttft_p50:.2f} ms" if stream else ""
         errs = f"  ERRORS {result.errors} (wrk) {lat.failures} (paced)" if result.errors or lat.failures else ""
-        print(f"  {mode:14} {result.rps:8.0f} req/s  cpu/req {cpu} ms  p50 {lat.p50:.2f} ms  p99 {lat.p99:.2f} ms"
-              f"{ttft}{errs}", flush=True)
+        print(f"  {mode:14} {result.rps:8.0f} req/s  cpu/req {cpu} ms  at {rate:.0f}/s p50 {lat.p50:.2f} ms  "
+              f"p99 {lat.p99:.2f} ms{ttft}{errs}", flush=True)
     return rows
 
 
@@ -131,10 +135,11 @@ def report(rows: list[Row]) -> str:
                 f"{_ratio(r.cpu_ms, fwd and fwd.cpu_ms)} | {_ratio(r.cpu_ms, llm and llm.cpu_ms)} | "
                 f"{_num(r.peak_rss_mb, 0)} | {_ratio(r.peak_rss_mb, fwd and fwd.peak_rss_mb)} | "
                 f"{_ratio(r.peak_rss_mb, llm and llm.peak_rss_mb)} | {r.errors + r.paced_failures} |")
-    out.append("\nLatency at a fixed rate (paced client); added = minus the same percentile going direct:\n")
-    out.append("| mode | target | p50 ms | p99 ms | added p50 | × fwd | × LiteLLM | added p99 | TTFT p50 ms "
+    out.append("\nLatency at a fixed rate (paced client; half the target's saturation if that is lower); added = "
+               "minus the same percentile going direct:\n")
+    out.append("| mode | target | rate/s | p50 ms | p99 ms | added p50 | × fwd | × LiteLLM | added p99 | TTFT p50 ms "
                "| added TTFT p50 | × fwd | × LiteLLM | added TTFT p99 |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for mode in MODES:
         direct = by.get((mode, "direct"))
         fwd, llm = by.get((mode, "forwarder")), by.get((mode, "litellm"))
@@ -147,7 +152,8 @@ def report(rows: list[Row]) -> str:
         for r in (r for r in rows if r.mode == mode):
             stream = r.ttft_p50 is not None
             out.append(
-                f"| {mode} | {r.target} | {_num(r.p50)} | {_num(r.p99)} | {_num(added(r, 'p50'))} | "
+                f"| {mode} | {r.target} | {r.paced_rate:.0f} | {_num(r.p50)} | {_num(r.p99)} | "
+                f"{_num(added(r, 'p50'))} | "
                 f"{_ratio(added(r, 'p50'), added(fwd, 'p50'))} | {_ratio(added(r, 'p50'), added(llm, 'p50'))} | "
                 f"{_num(added(r, 'p99'))} | {_num(r.ttft_p50) if stream else '-'} | "
                 f"{_num(added(r, 'ttft_p50'))} | {_ratio(added(r, 'ttft_p50'), added(fwd, 'ttft_p50'))} | "
@@ -189,7 +195,7 @@ def machine() -> dict[str, str]:
     return {
         "cpu": f"{os.cpu_count()} × {cpu}", "memory": f"{mem_gib:.0f} GiB", "os": distro,
         "python": platform.python_version(), **versions,
-        "wrk": _tool_version(["wrk", "-v"], r"wrk ([\d.]+)"),
+        "wrk": _tool_version(["wrk", "-v"], r"wrk (?:debian/)?([\d.]+)"),
         "nginx": _tool_version(["nginx", "-v"], r"nginx/([\d.]+)"),
         "redis": _tool_version(["redis-server", "--version"], r"v=([\d.]+)"),
         "litellm": litellm_version() or "not installed",

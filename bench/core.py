@@ -12,97 +12,38 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import re
 import shutil
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+from typing import Any
 
-import aiohttp
+if not __package__:  # run as a script: make `bench` importable from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-ROOT = Path(__file__).resolve().parent.parent
-BODY = {"model": "claude-bench", "max_tokens": 256, "messages": [{"role": "user", "content": "Say hello " * 20}]}
-HEADERS = {"content-type": "application/json", "x-api-key": "sk-bench", "anthropic-version": "2023-06-01"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port}")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+from bench._util import BODY, HEADERS, ROOT, cpu_seconds, free_port, paced, peak_rss_mb, wait_port
+from bench._util import spawn as _spawn
+from bench._util import wrk as _wrk
 
 
 def spawn(cmd: list[str], core: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    prefix = ["taskset", "-c", str(core)] if shutil.which("taskset") and os.cpu_count() and os.cpu_count() > 1 else []
-    return subprocess.Popen(prefix + cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    return _spawn(cmd, str(core), env)
 
 
-def wrk(url: str, body: dict, seconds: int, connections: int) -> tuple[float, int]:
-    script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
-    headers = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in HEADERS.items())
-    script.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(body))}\n{headers}')
-    script.close()
-    prefix = ["taskset", "-c", "1"] if shutil.which("taskset") else []
-    out = subprocess.run(
-        [*prefix, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", script.name, url],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    os.unlink(script.name)
-    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if non2xx:
-        raise RuntimeError(f"{url}: {non2xx.group(1)} failed requests\n{out}")
-    return total / seconds, total
+def wrk(url: str, body: dict[str, Any], seconds: int, connections: int) -> tuple[float, int]:
+    result = _wrk(url, body, seconds, connections, HEADERS, "1")
+    if result.errors:
+        raise RuntimeError(f"{url}: {result.errors} failed requests\n{result.output}")
+    return result.rps, result.total
 
 
-async def paced_latency(url: str, body: dict, rate: float, seconds: float) -> tuple[float, float]:
-    latencies: list[float] = []
-    async with aiohttp.ClientSession() as http:
-        async def one() -> None:
-            started = time.perf_counter()
-            async with http.post(url, json=body, headers=HEADERS) as response:
-                await response.read()
-                assert response.status == 200, response.status
-            latencies.append(time.perf_counter() - started)
+async def paced_latency(url: str, body: dict[str, Any], rate: float, seconds: float) -> tuple[float, float]:
+    result = await paced(url, body, HEADERS, rate, seconds)
+    return result.p50, result.p99
 
-        tasks = []
-        start = time.perf_counter()
-        for n in range(int(rate * seconds)):
-            delay = start + n / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one()))
-        await asyncio.gather(*tasks)
-    latencies.sort()
-    return statistics.median(latencies) * 1000, latencies[int(len(latencies) * 0.99) - 1] * 1000
+
+rss_mb = peak_rss_mb
 
 
 def _has_serve() -> bool:
