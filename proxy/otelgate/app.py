@@ -144,6 +144,11 @@ def create_app(
         "openai": Upstream("openai", settings.upstreams.openai),
     }
     pipeline = Pipeline(settings, [*build_filters(settings, telemetry), *extra_filters], upstreams)
+    if telemetry is not None:
+        # Circuit state and in-flight counts are read at collection time, never on the request path.
+        for upstream in upstreams.values():
+            telemetry.register_circuit_source(upstream.circuit_states)
+            telemetry.register_inflight_source(upstream.inflight_by_address)
     app[PIPELINE_KEY] = pipeline
     app[SETTINGS_KEY] = settings
     app[STATE_KEY] = {"draining": False, "telemetry": telemetry, "upstreams": upstreams}
