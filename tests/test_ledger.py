@@ -415,3 +415,86 @@ async def test_fail_closed_is_bounded_by_timeout(redis_factory) -> None:  # type
         assert await spent(led.inner, lim, now=time.time()) == pytest.approx(0.15)
     finally:
         await led.close()
+
+
+# -- load is not an outage -----------------------------------------------------------------------------------
+PROXY_LIMITS = [Limit("key", "k", DAY, usd=1e6), Limit("team", "t", Window.month(), usd=1e6),
+                Limit("session", "s", Window.session(86400), calls=10**9)]
+
+
+async def test_burst_on_sqlite_is_served_within_default_timeout(tmp_path: Path) -> None:
+    led = ResilientLedger(SqliteLedger(str(tmp_path / "burst.db")), on_error="closed")  # timeout 0.25 s
+
+    async def one(i: int) -> None:
+        r = await led.reserve(f"b{i}", PROXY_LIMITS, Amount(0.01, 500, 1))
+        assert isinstance(r, Reservation) and not r.local
+        assert (await led.settle(f"b{i}", Amount(0.005, 300, 1))).applied
+
+    try:
+        out = await asyncio.gather(*(one(i) for i in range(200)), return_exceptions=True)
+        errors = [e for e in out if e is not None]
+        assert errors == []  # no StoreUnavailable, no other failure
+        assert not led.degraded and led.stats.outages == 0 and not led.journal
+        rows = {r.unit: r for r in await led.usage("session", "s", limits=PROXY_LIMITS[2:])}
+        assert (rows["calls"].spent, rows["calls"].reserved) == (200, 0)
+        commits, ops = led.inner.batch_stats  # type: ignore[attr-defined]
+        assert ops >= 400 and commits < ops  # concurrent calls shared commits
+    finally:
+        await led.close()
+
+
+async def test_congestion_sheds_one_request_and_keeps_the_store_up(tmp_path: Path) -> None:
+    inner = SqliteLedger(str(tmp_path / "busy.db"))
+    led = ResilientLedger(inner, on_error="closed", timeout=0.1, down_after=1)
+    many = [Limit("key", f"k{i}", DAY, usd=1.0) for i in range(300)]
+    took = []
+    for _ in range(3):  # size a queue of real work worth > 4 timeouts (the fastest of 3: noise only slows)
+        t = time.monotonic()
+        await inner.usage(limits=many)
+        took.append(time.monotonic() - t)
+    n = max(2, int(0.4 / max(min(took), 1e-3)) + 1)
+    try:
+        busy = [asyncio.ensure_future(inner.usage(limits=many)) for _ in range(n)]
+        await asyncio.sleep(0)  # the store's queue is now full of work it keeps answering
+        t = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="busy"):
+            await led.reserve("late", [usd_limit(1.0)], Amount(0.1))
+        assert time.monotonic() - t < 0.1 + 0.15  # bounded by the timeout
+        # even with down_after=1 a shed request is not a stall: the store stays up for everyone else
+        assert led.stats.shed == 1 and led.stats.stalls == 0 and not led.degraded
+        await asyncio.gather(*busy)
+        assert isinstance(await led.reserve("next", [usd_limit(1.0)], Amount(0.1)), Reservation)
+        await led.reconcile()  # what the background hand-over does after a healthy call
+        assert not led.orphans  # the shed reserve holds nothing
+        assert await spent(inner, usd_limit(1.0), now=time.time()) == pytest.approx(0.1)
+    finally:
+        await led.close()
+
+
+async def test_hung_sqlite_goes_down_after_stalls_and_comes_back(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = str(tmp_path / "hung.db")
+    led = ResilientLedger(SqliteLedger(db), on_error="closed", timeout=0.1, probe_interval=0.1)
+    lim = usd_limit(1.0)
+    blocker = sqlite3.connect(db, isolation_level=None)
+    try:
+        assert isinstance(await led.reserve("ok", [lim], Amount(0.1)), Reservation)
+        blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock: the store answers nothing
+        for i in range(3):
+            with pytest.raises(StoreUnavailable):
+                await led.reserve(f"s{i}", [lim], Amount(0.1))
+            assert led.degraded == (i == 2)  # down only after down_after=3 stalls in a row
+        t = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await led.reserve("fast", [lim], Amount(0.1))
+        assert time.monotonic() - t < 0.05  # down: refused without waiting
+        blocker.execute("COMMIT")
+        assert await eventually(led.reconcile) == 0
+        assert not led.degraded and not led.orphans
+        assert isinstance(await led.reserve("after", [lim], Amount(0.1)), Reservation)
+        # the refused reserves hold nothing: skipped while queued, or released on recovery
+        assert await spent(led.inner, lim, now=time.time()) == pytest.approx(0.2)
+    finally:
+        blocker.close()
+        await led.close()

@@ -72,7 +72,7 @@ class SqliteLedger(Ledger):
 
     @property
     def last_answer(self) -> float:
-        """Monotonic time of the last commit on the ledger thread (the store's own progress)."""
+        """Monotonic time the ledger thread last finished an operation (the store's own progress)."""
         return self._worker.last_answer
 
     @property

@@ -69,8 +69,8 @@ class SqliteWorker:
         self._ckpt_thread: threading.Thread | None = None
         self._stopping = False
         self._since_ckpt = 0
-        # Monotonic time the thread last finished a commit: the store's own progress, independent of how
-        # long callers queued or how busy the event loop is (ResilientLedger reads it).
+        # Monotonic time the thread last finished an operation or a commit: the store's own progress,
+        # independent of how long callers queued or how busy the event loop is (ResilientLedger reads it).
         self.last_answer = 0.0
         self.commits = 0
         self.ops = 0
@@ -145,26 +145,32 @@ class SqliteWorker:
         return taken
 
     def _run_batch(self, batch: list[_Job]) -> None:
-        jobs = self._take(batch)
-        if not jobs:
-            return
-        results: list[tuple[bool, Any]]
         try:
             if self._conn is None:
                 self._conn = self._connect()
                 self._start_checkpointer()
-            results = self._transaction(self._conn, jobs)
+            c = self._conn
+            c.execute("BEGIN IMMEDIATE")  # may wait for another process's write (busy_timeout)
+        except Exception as e:  # no connection or no lock: nothing ran
+            jobs = self._take(batch)
+            self._deliver(jobs, [(False, e)] * len(jobs))
+            return
+        # Taken only now: a caller that gave up while the lock was busy is skipped, not run behind its back.
+        jobs = self._take(batch)
+        results: list[tuple[bool, Any]]
+        try:
+            results = self._transaction(c, jobs)
         except Exception as e:  # nothing committed: every job of the batch gets the error
             results = [(False, e)] * len(jobs)
         self._deliver(jobs, results)
-        if self._after_batch is not None and self._conn is not None:
+        if self._after_batch is not None:
             try:
-                self._after_batch(self._conn)
+                self._after_batch(c)
             except Exception as e:  # housekeeping only; the next batch retries it
                 log.warning("ledger housekeeping failed: %s", e)
 
     def _transaction(self, c: sqlite3.Connection, jobs: list[_Job]) -> list[tuple[bool, Any]]:
-        c.execute("BEGIN IMMEDIATE")
+        """Run ``jobs`` in the transaction already begun on ``c`` and commit it."""
         try:
             if len(jobs) == 1:  # alone: the transaction is the unit, no savepoint needed
                 results: list[tuple[bool, Any]] = [(True, jobs[0].fn(c))]
@@ -183,11 +189,11 @@ class SqliteWorker:
             self._ckpt_wake.set()
         return results
 
-    @staticmethod
-    def _in_savepoint(c: sqlite3.Connection, fn: Op) -> tuple[bool, Any]:
+    def _in_savepoint(self, c: sqlite3.Connection, fn: Op) -> tuple[bool, Any]:
         c.execute("SAVEPOINT op")
         try:
             out = fn(c)
+            self.last_answer = time.monotonic()  # a long batch still shows the store is working
         except Exception as e:
             if not c.in_transaction:
                 raise  # SQLite rolled the whole transaction back (I/O error, disk full): the batch fails
