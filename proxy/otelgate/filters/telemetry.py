@@ -16,7 +16,7 @@ from otelgate.telemetry import STATE_KEY
 from otelgate.telemetry import semconv as sc
 from otelgate.telemetry.content import capture
 from otelgate.telemetry.logs import access_fields
-from otelgate.telemetry.spans import CallSpans, error_type, finish, inject, start, tool_span
+from otelgate.telemetry.spans import CallSpans, abandon, error_type, finish, inject, start, tool_span
 
 if TYPE_CHECKING:
     from otelgate.context import RequestContext
@@ -35,7 +35,7 @@ class TelemetryFilter:
 
     async def request(self, ctx: RequestContext) -> None:
         try:
-            spans = start(self.tel.tracer, ctx)
+            spans = start(self.tel.spans, ctx)
         except Exception as exc:
             self._report("start", exc)
             return
@@ -54,9 +54,10 @@ class TelemetryFilter:
             self._done(ctx, spans)
         except Exception as exc:
             self._report("done", exc)
-            for span in (spans.chat, spans.server):  # never leave a span open
-                if span is not None and span.is_recording():
-                    span.end()
+            try:
+                abandon(self.tel.spans, spans, time.time_ns())  # never lose the trace's root
+            except Exception as again:
+                self._report("abandon", again)
 
     def _done(self, ctx: RequestContext, spans: CallSpans) -> None:
         tel = self.tel
@@ -65,19 +66,18 @@ class TelemetryFilter:
         first = ctx.result.first_chunk_ns
         ttfc_s = (first - ctx.start_ns) / 1e9 if ctx.stream and first is not None and first >= ctx.start_ns else None
         content = capture(ctx, tel.config.content_max_bytes) if tel.capture_content and spans.chat else None
-        metric_ctx = spans.current
-        span_context = (spans.chat or spans.server).get_span_context()
+        span_context = spans.current_span.context
         exemplar = tel.metrics.local.exemplar_for(span_context)
         if ctx.session_id:
             self._tools(ctx, spans, end_ns)
-        finish(tel.tracer, spans, ctx, end_ns, err, ttfc_s, content)
+        finish(tel.spans, spans, ctx, end_ns, err, ttfc_s, content)
         tel.metrics.record_call(ctx, exemplar, (end_ns - ctx.start_ns) / 1e9, err, ttfc_s, end_ns)
         if ctx.session_id and ctx.route.operation == sc.OP_CHAT:
             new, position = tel.sessions.call(ctx.session_id, ctx.start_ns)
             tel.metrics.record_session(new, position, tel.metrics.who(ctx), exemplar, end_ns)
         if tel.access_log.enabled:
             fields = access_fields(ctx, f"{span_context.trace_id:032x}", f"{span_context.span_id:016x}", end_ns, ttfc_s)
-            tel.access_log.emit(fields, metric_ctx)
+            tel.access_log.emit(fields, spans.current if tel.access_log.otlp else None)
 
     def _tools(self, ctx: RequestContext, spans: CallSpans, end_ns: int) -> None:
         tel = self.tel
@@ -86,8 +86,8 @@ class TelemetryFilter:
             for match in tel.tools.resolve(session, ctx.tool_results, ctx.start_ns):
                 call, result = match.call, match.result
                 tool_span(
-                    tel.tracer,
-                    spans.server_context,
+                    tel.spans,
+                    spans.server.context,
                     tool=call.name,
                     call_id=call.call_id,
                     start_ns=call.asked_ns,
@@ -103,11 +103,11 @@ class TelemetryFilter:
                     call.name,
                     "error" if result.is_error else "ok",
                     duration,
-                    tel.metrics.local.exemplar_for(spans.server.get_span_context()),
+                    tel.metrics.local.exemplar_for(spans.server.context),
                     end_ns,
                 )
         if ctx.result.tool_calls and spans.chat is not None:
-            evicted = tel.tools.expect(session, ctx.result.tool_calls, end_ns, spans.chat.get_span_context())
+            evicted = tel.tools.expect(session, ctx.result.tool_calls, end_ns, spans.chat.context)
             for call in evicted:
                 tel.metrics.record_tool(call.name, "unanswered", None, None, end_ns)
 

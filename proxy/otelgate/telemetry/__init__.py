@@ -21,7 +21,7 @@ from otelgate.telemetry.logs import AccessLog
 from otelgate.telemetry.metrics import CircuitSource, InflightSource, Metrics
 from otelgate.telemetry.prometheus import CONTENT_TYPE, PullReader, render
 from otelgate.telemetry.setup import Providers, build_providers, run_bounded
-from otelgate.telemetry.spans import CallSpans, inject
+from otelgate.telemetry.spans import CallSpans, SpanWriter, inject
 from otelgate.telemetry.tools import SessionTracker, ToolTracker
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ class Telemetry:
         self._reader = PullReader() if self.config.prometheus else None
         self.providers: Providers = build_providers([self._reader] if self._reader else [], extra_span_exporter)
         self.tracer = self.providers.tracer_provider.get_tracer(semconv.INSTRUMENTATION_SCOPE)
+        self.spans = SpanWriter(self.providers.tracer_provider, semconv.INSTRUMENTATION_SCOPE)
         self.meter = self.providers.meter_provider.get_meter(semconv.INSTRUMENTATION_SCOPE)
         self.metrics = Metrics(self.meter, self.config, self.providers.stats, self.providers.local_metrics)
         self.tools = ToolTracker(self.config.tool_state_max_conversations, self.config.tool_state_ttl_seconds)

@@ -133,7 +133,8 @@ class AccessLog:
         self._otel_logger = logger_provider.get_logger(sc.INSTRUMENTATION_SCOPE) if logger_provider else None
         for handler in self._handlers:
             self.logger.addHandler(handler)
-        self.enabled = bool(self._handlers) or self._otel_logger is not None
+        self.otlp = self._otel_logger is not None  # the caller builds a trace Context only for OTLP records
+        self.enabled = bool(self._handlers) or self.otlp
 
     def emit(self, fields: dict[str, Any], span_context: Context | None) -> None:
         if self._handlers:

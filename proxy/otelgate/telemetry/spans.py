@@ -1,9 +1,22 @@
-"""The span tree of one agent request, built mostly after the fact from the request context.
+"""The span tree of one agent request, built after the fact from the request context.
 
 SERVER span (continues the agent's traceparent) → CLIENT `chat {model}` span (the logical LLM call) → one HTTP
-CLIENT span per upstream attempt. The SERVER and chat spans are opened when the request enters the chain, so the
-chat span can parent the attempts and be propagated upstream; the attempts are recorded as plain data by the
-upstream client and become spans at the end with their real start and end times.
+CLIENT span per upstream attempt, plus `execute_tool` spans. Only the *identities* of the SERVER and chat spans are
+made when the request enters the chain (ids and the sampling decision, so the chat span can parent the attempts
+and be propagated upstream); every span is then written once, finished, in `done`.
+
+Why not the SDK's `Tracer.start_span` / `Span.end`: each span costs ~15 µs there (attribute validation on every
+set, locks, a mutable span then a `ReadableSpan` copy), ~4 spans a call — alone several times the per-request
+budget. `SpanWriter` keeps the SDK's semantics that matter and skips the rest:
+* the provider's sampler decides (OTEL_TRACES_SAMPLER honoured); a child of a local parent under the default
+  `ParentBased` sampler inherits its parent's decision without a call, as that sampler would decide;
+* ids come from the provider's id generator, trace flags (sampled, random-trace-id) and tracestate as the SDK sets;
+* finished spans are the SDK's `ReadableSpan`, handed to the provider's span processors (`on_end`), so batch
+  processors, exporters and the in-memory test exporter see what the SDK would have produced — attribute values
+  checked the way the SDK checks them (lists become tuples, invalid values dropped), the span limits applied when
+  a value-length limit is configured;
+* with no span processor at all (no OTLP, no test exporter) nothing is built: only ids, for logs and exemplars.
+Not kept: `on_start` calls (the processors otelgate installs ignore them) and the SDK's self-metrics of spans.
 """
 
 from __future__ import annotations
@@ -12,8 +25,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry import trace
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits, TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Decision, ParentBased
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from otelgate.telemetry import semconv as sc
@@ -23,56 +40,247 @@ if TYPE_CHECKING:
 
 PROPAGATOR = TraceContextTextMapPropagator()
 _PRIMITIVES = (str, bool, int, float)
+_PRIMITIVE_TYPES = frozenset(_PRIMITIVES)
+_UNSET = Status(StatusCode.UNSET)
+_ERROR = Status(StatusCode.ERROR)
+_SAMPLED = TraceFlags.SAMPLED
+_RANDOM = getattr(TraceFlags, "RANDOM_TRACE_ID", 0)
+
+
+def clean_attributes(attributes: dict[str, Any]) -> dict[str, Any]:
+    """Attribute values as the SDK's validation leaves them: primitives kept, homogeneous sequences as tuples,
+    anything else dropped. In place when nothing changes (the common case: callers pass plain values)."""
+    for value in attributes.values():
+        if type(value) not in _PRIMITIVE_TYPES:
+            break
+    else:
+        return attributes
+    out: dict[str, Any] = {}
+    for key, value in attributes.items():
+        if type(value) in _PRIMITIVE_TYPES:
+            out[key] = value
+        elif isinstance(value, list | tuple):
+            kinds = {type(v) for v in value}
+            if len(kinds) <= 1 and kinds <= _PRIMITIVE_TYPES:
+                out[key] = tuple(value)
+        elif isinstance(value, _PRIMITIVES):  # subclasses (IntEnum, str subclasses): the SDK accepts them
+            out[key] = value
+    return out
+
+
+def _event_value(value: Any) -> Any:
+    # Other stages put anything in events; what is not an attribute value is kept as its text.
+    if isinstance(value, _PRIMITIVES):
+        return value
+    if isinstance(value, list | tuple) and all(isinstance(v, _PRIMITIVES) for v in value):
+        return tuple(value)
+    return str(value)
+
+
+class OpenSpan:
+    """A span whose identity exists (ids, sampling) but which is written only when finished."""
+
+    __slots__ = ("attributes", "context", "kind", "name", "parent", "recording", "start_ns", "written")
+
+    def __init__(
+        self,
+        name: str,
+        context: SpanContext,
+        parent: SpanContext | None,
+        kind: SpanKind,
+        attributes: dict[str, Any],
+        start_ns: int,
+        recording: bool,
+    ) -> None:
+        self.name, self.context, self.parent, self.kind = name, context, parent, kind
+        self.attributes, self.start_ns, self.recording = attributes, start_ns, recording
+        self.written = False
+
+    def get_span_context(self) -> SpanContext:
+        return self.context
+
+
+class SpanWriter:
+    """Makes span identities and writes finished spans to a TracerProvider's processors (see the module doc)."""
+
+    def __init__(self, provider: TracerProvider, scope_name: str) -> None:
+        self.provider = provider
+        self.resource = provider.resource
+        self.scope = InstrumentationScope(scope_name)
+        self.sampler = provider.sampler
+        self.ids = provider.id_generator
+        limits: SpanLimits = getattr(provider, "_span_limits", None) or SpanLimits()
+        self._limits = limits
+        # Bounded (validated, truncated) attributes only when a length limit asks for it; counts stay far below
+        # the default 128 attributes per span.
+        self._bounded = limits.max_span_attribute_length is not None
+        sampler = self.sampler
+        self._inherit = (
+            isinstance(sampler, ParentBased)
+            and getattr(sampler, "_local_parent_sampled", None) is ALWAYS_ON
+            and getattr(sampler, "_local_parent_not_sampled", None) is ALWAYS_OFF
+        )
+
+    @property
+    def active(self) -> bool:
+        """Whether any span processor listens (checked per call: processors may be added after start)."""
+        processors = getattr(self.provider._active_span_processor, "_span_processors", None)
+        return processors is None or len(processors) > 0
+
+    def open(
+        self,
+        name: str,
+        parent: SpanContext | None,
+        parent_context: Context | None,
+        kind: SpanKind,
+        attributes: dict[str, Any],
+        start_ns: int,
+    ) -> OpenSpan:
+        if parent is not None and not parent.is_valid:
+            parent = None
+        if parent is not None and not parent.is_remote and self._inherit:
+            sampled = parent.trace_flags.sampled
+            recording = sampled
+            trace_state = parent.trace_state
+        else:
+            if parent_context is None and parent is not None:
+                parent_context = trace.set_span_in_context(NonRecordingSpan(parent))
+            trace_id = parent.trace_id if parent is not None else self.ids.generate_trace_id()
+            result = self.sampler.should_sample(parent_context, trace_id, name, kind, attributes, ())
+            sampled = result.decision is Decision.RECORD_AND_SAMPLE
+            recording = result.decision is not Decision.DROP
+            trace_state = result.trace_state
+            if result.attributes:
+                attributes = {**result.attributes, **attributes}
+            context = self._context(parent, trace_id, sampled, trace_state)
+            return OpenSpan(name, context, parent, kind, attributes, start_ns, recording)
+        return OpenSpan(
+            name,
+            self._context(parent, parent.trace_id, sampled, trace_state),
+            parent,
+            kind,
+            attributes,
+            start_ns,
+            recording,
+        )
+
+    def _context(self, parent: SpanContext | None, trace_id: int, sampled: bool, trace_state: Any) -> SpanContext:
+        flags = _SAMPLED if sampled else 0
+        random = parent.trace_flags.random_trace_id if parent is not None else self.ids.is_trace_id_random()
+        if random:
+            flags |= _RANDOM
+        return SpanContext(
+            trace_id,
+            self.ids.generate_span_id(),
+            is_remote=False,
+            trace_flags=TraceFlags(flags),
+            trace_state=trace_state,
+        )
+
+    def write(
+        self,
+        span: OpenSpan,
+        end_ns: int,
+        status: Status = _UNSET,
+        events: tuple[Event, ...] = (),
+        links: tuple[Link, ...] = (),
+    ) -> None:
+        if span.written:
+            return
+        span.written = True
+        if not span.recording:
+            return
+        attributes: Any = clean_attributes(span.attributes)
+        if self._bounded:
+            attributes = BoundedAttributes(
+                self._limits.max_span_attributes,
+                attributes,
+                immutable=True,
+                max_value_len=self._limits.max_span_attribute_length,
+            )
+        readable = ReadableSpan(
+            name=span.name,
+            context=span.context,
+            parent=span.parent,
+            resource=self.resource,
+            attributes=attributes,
+            events=events,
+            links=links,
+            kind=span.kind,
+            status=status,
+            start_time=span.start_ns,
+            end_time=max(end_ns, span.start_ns),
+            instrumentation_scope=self.scope,
+        )
+        self.provider._active_span_processor.on_end(readable)
 
 
 class CallSpans:
-    """The open spans of one request (kept in ctx.state['telemetry'])."""
+    """The spans of one request (kept in ctx.state['telemetry'])."""
 
-    __slots__ = ("chat", "chat_context", "server", "server_context")
+    __slots__ = ("_chat_context", "_server_context", "chat", "server")
 
-    def __init__(self, server: Span, server_context: Context, chat: Span | None, chat_context: Context | None):
+    def __init__(self, server: OpenSpan, chat: OpenSpan | None):
         self.server = server
-        self.server_context = server_context
         self.chat = chat
-        self.chat_context = chat_context
+        self._server_context: Context | None = None
+        self._chat_context: Context | None = None
+
+    @property
+    def server_context(self) -> Context:
+        if self._server_context is None:
+            self._server_context = trace.set_span_in_context(NonRecordingSpan(self.server.context))
+        return self._server_context
+
+    @property
+    def chat_context(self) -> Context | None:
+        if self.chat is None:
+            return None
+        if self._chat_context is None:
+            self._chat_context = trace.set_span_in_context(NonRecordingSpan(self.chat.context))
+        return self._chat_context
 
     @property
     def current(self) -> Context:
-        """The context metrics and logs are recorded in (exemplars and log records point at this span)."""
-        return self.chat_context if self.chat_context is not None else self.server_context
+        """The context logs are recorded in and propagated upstream (the chat span when there is one)."""
+        chat = self.chat_context
+        return chat if chat is not None else self.server_context
+
+    @property
+    def current_span(self) -> OpenSpan:
+        return self.chat if self.chat is not None else self.server
 
 
-def start(tracer: Tracer, ctx: RequestContext) -> CallSpans:
+def start(writer: SpanWriter, ctx: RequestContext) -> CallSpans:
     request = ctx.request
-    parent = PROPAGATOR.extract(request.headers) if "traceparent" in request.headers else None
+    headers = request.headers
+    parent_context = PROPAGATOR.extract(headers) if "traceparent" in headers else None
+    parent = trace.get_current_span(parent_context).get_span_context() if parent_context is not None else None
     path = request.path
     server_attributes: dict[str, Any] = {
         sc.HTTP_REQUEST_METHOD: request.method,
         sc.URL_PATH: path,
         sc.HTTP_ROUTE: path,
     }
-    if request.remote:
-        server_attributes[sc.CLIENT_ADDRESS] = request.remote
+    remote = request.remote
+    if remote:
+        server_attributes[sc.CLIENT_ADDRESS] = remote
     if ctx.request_id:
         server_attributes[sc.OTELGATE_REQUEST_ID] = ctx.request_id
-    server = tracer.start_span(
-        f"{request.method} {path}",
-        context=parent,
-        kind=SpanKind.SERVER,
-        attributes=server_attributes,
-        start_time=ctx.start_ns,
+    server = writer.open(
+        f"{request.method} {path}", parent, parent_context, SpanKind.SERVER, server_attributes, ctx.start_ns
     )
-    server_context = trace.set_span_in_context(server)
-    chat = chat_context = None
+    chat = None
     if ctx.route.operation == sc.OP_CHAT:
-        chat = tracer.start_span(
+        chat = writer.open(
             sc.chat_span_name(ctx.model),
-            context=server_context,
-            kind=SpanKind.CLIENT,
-            attributes={sc.GEN_AI_OPERATION_NAME: sc.OP_CHAT, sc.GEN_AI_PROVIDER_NAME: ctx.provider.name},
+            server.context,
+            None,
+            SpanKind.CLIENT,
+            {sc.GEN_AI_OPERATION_NAME: sc.OP_CHAT, sc.GEN_AI_PROVIDER_NAME: ctx.provider.name},
+            ctx.start_ns,
         )
-        chat_context = trace.set_span_in_context(chat, server_context)
-    return CallSpans(server, server_context, chat, chat_context)
+    return CallSpans(server, chat)
 
 
 def inject(spans: CallSpans) -> dict[str, str]:
@@ -100,14 +308,6 @@ def error_type(ctx: RequestContext) -> str | None:
     return outcome  # client_disconnected, gateway_error
 
 
-def _clean(value: Any) -> Any:
-    if isinstance(value, _PRIMITIVES):
-        return value
-    if isinstance(value, list | tuple) and all(isinstance(v, _PRIMITIVES) for v in value):
-        return list(value)
-    return str(value)
-
-
 def _strip_query(url: str) -> str:
     # Query strings can carry keys (?key=...): url.full never keeps them.
     if "?" not in url and "@" not in url:
@@ -119,7 +319,7 @@ def _strip_query(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-def _attempt_span(tracer: Tracer, parent: Context, attempt: Attempt, end_default: int) -> None:
+def _attempt_span(writer: SpanWriter, parent: SpanContext, attempt: Attempt, end_default: int) -> None:
     attributes: dict[str, Any] = {
         sc.HTTP_REQUEST_METHOD: "POST",
         sc.URL_FULL: _strip_query(attempt.url),
@@ -139,16 +339,12 @@ def _attempt_span(tracer: Tracer, parent: Context, attempt: Attempt, end_default
     failed = attempt.error_type or (attempt.status is not None and attempt.status >= 400)
     if failed:
         attributes[sc.ERROR_TYPE] = attempt.error_type or str(attempt.status)
-    span = tracer.start_span(
-        "POST", context=parent, kind=SpanKind.CLIENT, attributes=attributes, start_time=attempt.start_ns
-    )
-    if failed:
-        span.set_status(Status(StatusCode.ERROR))
-    span.end(end_time=attempt.end_ns or end_default)
+    span = writer.open("POST", parent, None, SpanKind.CLIENT, attributes, attempt.start_ns)
+    writer.write(span, attempt.end_ns or end_default, _ERROR if failed else _UNSET)
 
 
 def finish(
-    tracer: Tracer,
+    writer: SpanWriter,
     spans: CallSpans,
     ctx: RequestContext,
     end_ns: int,
@@ -156,35 +352,54 @@ def finish(
     ttfc_s: float | None,
     content: dict[str, str] | None,
 ) -> None:
-    chat = spans.chat
-    target = chat if chat is not None else spans.server
-    for event in ctx.events:
-        target.add_event(event.name, {k: _clean(v) for k, v in event.attributes.items()}, event.time_ns)
+    """Write the call's spans (chat, attempts, SERVER), finished at end_ns."""
+    server, chat = spans.server, spans.chat
+    if not writer.active:  # nobody listens: the identities were all logs and exemplars needed
+        server.written = True
+        if chat is not None:
+            chat.written = True
+        return
+    events = tuple(
+        Event(e.name, clean_attributes({k: _event_value(v) for k, v in e.attributes.items()}), e.time_ns)
+        for e in ctx.events
+    )
+    parent = server.context
     if chat is not None:
-        _finish_chat(chat, ctx, err, ttfc_s, content)
-    parent = spans.chat_context if spans.chat_context is not None else spans.server_context
+        status = _finish_chat(chat, ctx, err, ttfc_s, content)
+        parent = chat.context
     for attempt in ctx.attempts:
-        _attempt_span(tracer, parent, attempt, end_ns)
+        _attempt_span(writer, parent, attempt, end_ns)
     if chat is not None:
-        chat.end(end_time=end_ns)
-    server = spans.server
+        writer.write(chat, end_ns, status, events)
+        events = ()
+    attributes = server.attributes
     if ctx.status is not None:
-        server.set_attribute(sc.HTTP_RESPONSE_STATUS_CODE, ctx.status)
+        attributes[sc.HTTP_RESPONSE_STATUS_CODE] = ctx.status
+    server_status = _UNSET
     if (ctx.status is not None and ctx.status >= 500) or ctx.outcome in ("gateway_error", "stream_error"):
-        server.set_attribute(sc.ERROR_TYPE, err or str(ctx.status))
-        server.set_status(Status(StatusCode.ERROR))
-    server.end(end_time=end_ns)
+        attributes[sc.ERROR_TYPE] = err or str(ctx.status)
+        server_status = _ERROR
+    writer.write(server, end_ns, server_status, events)
+
+
+def abandon(writer: SpanWriter, spans: CallSpans, end_ns: int) -> None:
+    """After a failure in `finish`: write what was not written yet, as it is (never lose the trace's root)."""
+    for span in (spans.chat, spans.server):
+        if span is not None and not span.written:
+            writer.write(span, end_ns)
 
 
 def _finish_chat(
-    chat: Span, ctx: RequestContext, err: str | None, ttfc_s: float | None, content: dict[str, str] | None
-) -> None:
+    chat: OpenSpan, ctx: RequestContext, err: str | None, ttfc_s: float | None, content: dict[str, str] | None
+) -> Status:
+    """Fill the chat span's attributes (and final name); returns its status."""
     result = ctx.result
     usage = result.usage
-    attributes: dict[str, Any] = {sc.GEN_AI_REQUEST_STREAM: ctx.stream}
+    attributes = chat.attributes
+    attributes[sc.GEN_AI_REQUEST_STREAM] = ctx.stream
     if ctx.model:
         attributes[sc.GEN_AI_REQUEST_MODEL] = ctx.model
-        chat.update_name(sc.chat_span_name(ctx.model))
+        chat.name = sc.chat_span_name(ctx.model)
     if ctx.max_tokens is not None:
         attributes[sc.GEN_AI_REQUEST_MAX_TOKENS] = ctx.max_tokens
     if result.response_id:
@@ -193,7 +408,7 @@ def _finish_chat(
     if response_model:
         attributes[sc.GEN_AI_RESPONSE_MODEL] = response_model
     if result.finish_reasons:
-        attributes[sc.GEN_AI_RESPONSE_FINISH_REASONS] = list(result.finish_reasons)
+        attributes[sc.GEN_AI_RESPONSE_FINISH_REASONS] = tuple(result.finish_reasons)
     if usage.known:
         attributes[sc.GEN_AI_USAGE_INPUT_TOKENS] = usage.total_input
         attributes[sc.GEN_AI_USAGE_OUTPUT_TOKENS] = usage.output_tokens
@@ -223,28 +438,30 @@ def _finish_chat(
     if ctx.rejected_reason:
         attributes[sc.OTELGATE_REJECTED_REASON] = ctx.rejected_reason
     attributes[sc.OTELGATE_OUTCOME] = ctx.outcome
-    if err:
-        attributes[sc.ERROR_TYPE] = err
-        chat.set_status(Status(StatusCode.ERROR, result.error_message or err))
     if content:
         attributes.update(content)
-    chat.set_attributes(attributes)
+    if err:
+        attributes[sc.ERROR_TYPE] = err
+        return Status(StatusCode.ERROR, result.error_message or err)
+    return _UNSET
 
 
 def tool_span(
-    tracer: Tracer,
-    parent: Context,
+    writer: SpanWriter,
+    parent: SpanContext,
     *,
     tool: str,
     call_id: str,
     start_ns: int,
     end_ns: int,
     is_error: bool,
-    asked_by: trace.SpanContext | None,
+    asked_by: SpanContext | None,
     conversation: str | None,
     provider: str,
     evidence: str,
 ) -> None:
+    if not writer.active:
+        return
     attributes: dict[str, Any] = {
         sc.GEN_AI_OPERATION_NAME: sc.OP_EXECUTE_TOOL,
         sc.GEN_AI_PROVIDER_NAME: provider,
@@ -255,16 +472,8 @@ def tool_span(
     }
     if conversation:
         attributes[sc.GEN_AI_CONVERSATION_ID] = conversation
-    links = [Link(asked_by)] if asked_by is not None and asked_by.is_valid else None
-    span = tracer.start_span(
-        sc.tool_span_name(tool),
-        context=parent,
-        kind=SpanKind.INTERNAL,
-        attributes=attributes,
-        links=links,
-        start_time=start_ns,
-    )
+    links = (Link(asked_by),) if asked_by is not None and asked_by.is_valid else ()
+    span = writer.open(sc.tool_span_name(tool), parent, None, SpanKind.INTERNAL, attributes, start_ns)
     if is_error:
-        span.set_attribute(sc.ERROR_TYPE, "tool_error")
-        span.set_status(Status(StatusCode.ERROR))
-    span.end(end_time=max(end_ns, start_ns))
+        attributes[sc.ERROR_TYPE] = "tool_error"
+    writer.write(span, end_ns, _ERROR if is_error else _UNSET, links=links)
