@@ -44,9 +44,11 @@ from bench._util import (
     paced,
     peak_rss_mb,
     pinned,
+    py_spy,
     soak,
     spawn,
     stop,
+    summarise_profile,
     wait_port,
     wrk,
 )
@@ -89,7 +91,13 @@ def measure(name: str, running: Running, args: argparse.Namespace) -> list[Row]:
     for mode, body in MODES.items():
         wrk(url, body, args.warmup, args.connections, HEADERS, args.load_cores)
         before = cpu_seconds(running.pid) if running.pid else 0.0
+        profile = args.profile / f"{name}-{mode}.txt" if args.profile and running.pid else None
+        profiler = py_spy(running.pid, args.seconds, profile, args.load_cores) if profile and running.pid else None
         result = wrk(url, body, args.seconds, args.connections, HEADERS, args.load_cores)
+        if profiler and profile:
+            profiler.wait(60)
+            if profile.exists():
+                print(summarise_profile(profile), flush=True)
         cpu_ms = (cpu_seconds(running.pid) - before) * 1000 / max(1, result.total) if running.pid else None
         # A moderate rate for this target: the fixed --rate, or half its saturation if that is lower (at or past
         # saturation the latency is queueing, not the proxy's cost).
@@ -234,6 +242,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--proxy-cores", default="0", help="taskset cores for the target (default 0)")
     parser.add_argument("--load-cores", default="1", help="cores for upstream, wrk, sinks, clients (default 1)")
     parser.add_argument("--json", type=Path, help="write the rows, soak series and machine as JSON here")
+    parser.add_argument("--profile", type=Path, help="py-spy the targets during the wrk runs, collapsed stacks "
+                        "into this directory (skews the numbers: for diagnosis only)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (configs, target logs)")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -273,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv)
     print(f"$ {command}\nmachine: {json.dumps(info)}\ntargets: {', '.join(names)}\n", flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="otelgate-bench-"))
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
     soak_result: Soak | None = None
     problems: list[str] = []

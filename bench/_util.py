@@ -301,6 +301,46 @@ async def soak(url: str, headers: dict[str, str], pid: int, total: int, every: i
     return out
 
 
+# --- profiles --------------------------------------------------------------------------------------------------
+def py_spy(pid: int, seconds: float, out: Path, cores: str | None) -> subprocess.Popen[bytes] | None:
+    """Sample the target's process tree with py-spy (collapsed stacks) for `seconds`; None without py-spy."""
+    binary = shutil.which("py-spy")
+    if not binary:
+        print("  (py-spy is not installed: pip install py-spy; no profile)", flush=True)
+        return None
+    return subprocess.Popen([*pinned(cores), binary, "record", "--pid", str(pid), "--subprocesses", "--duration",
+                             str(max(1, round(seconds))), "--rate", "250", "--format", "raw", "--output", str(out),
+                             # on-CPU Python only (the thread holding the GIL), without pausing the target
+                             "--gil", "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def summarise_profile(path: Path, top: int = 15) -> str:
+    """Self and inclusive sample shares per function from py-spy's collapsed stacks ("f1;f2;f3 count")."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [re.sub(r"\((?:[^()]*/site-packages/|[^()]*/proxy/|[^()]*/lib/python3[.\d]*/)", "(", f)
+                  for f in stack.split(";")]
+        total += count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+    if not total:
+        return "  (no samples)"
+    lines = [f"  {total} samples; self time:"]
+    lines += [f"    {100 * n / total:5.1f}%  {f}" for f, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]]
+    lines.append("  inclusive, otelgate frames:")
+    ours = [(f, n) for f, n in inclusive.items() if "otelgate/" in f]
+    lines += [f"    {100 * n / total:5.1f}%  {f}" for f, n in sorted(ours, key=lambda kv: -kv[1])[:top]]
+    return "\n".join(lines)
+
+
 # --- an OTLP/HTTP sink and a redis-server ----------------------------------------------------------------------
 def run_otlp_sink(port: int) -> None:
     """Answers 200 to every OTLP/HTTP export and counts them; GET /stats returns the counts as JSON (so the bench

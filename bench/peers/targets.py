@@ -100,16 +100,18 @@ def _nginx(workers: int) -> Callable[[Env], Running]:
     return start
 
 
-def _otelgate(workers: int, full: bool, store: str = "sqlite") -> Callable[[Env], Running]:
+def _otelgate(workers: int, full: bool, store: str = "sqlite", screening: bool = True) -> Callable[[Env], Running]:
     def start(env: Env) -> Running:
         port = free_port()
-        name = f"otelgate-{'full-' + store if full else 'min'}-w{workers}"
+        name = f"otelgate-{'full-' + store if full else 'min' if screening else 'bare'}-w{workers}"
         config: dict[str, object] = {
             "server": {"host": "127.0.0.1", "port": port, "workers": workers},
             "upstreams": {"anthropic": {"base_url": env.sim_url}},
             "budgets": {"store": f"sqlite:///{env.workdir / name}.db"},
         }
         extra_env = {"OTELGATE_TELEMETRY__ENABLED": "false"}
+        if not screening:  # the default config screens user text and redacts outbound secrets; this turns both off
+            config["screening"] = {"mode": "off", "secrets": "off"}
         if full:
             config.update(full_config(env, store, name))
             extra_env = {"OTEL_EXPORTER_OTLP_ENDPOINT": env.sink_url or "", "OTEL_EXPORTER_OTLP_PROTOCOL":
@@ -200,6 +202,8 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
     Target("forwarder", "bench/forwarder.py: bare aiohttp forwarder on uvloop, no parsing", _forwarder),
     Target("nginx", "nginx reverse proxy, 1 worker, proxy_buffering off, upstream keepalive", _nginx(1)),
     Target("otelgate-min", "otelgate, pass-through auth, no limits, telemetry.enabled: false", _otelgate(1, False)),
+    Target("otelgate-bare", "otelgate-min with screening (on by default) off too",
+           _otelgate(1, False, screening=False)),
     Target("otelgate-min-w2", "otelgate-min with --workers 2", _otelgate(2, False)),
     Target("otelgate-full-sqlite", "otelgate, everything on (see docs/performance.md), SQLite store",
            _otelgate(1, True, "sqlite")),
