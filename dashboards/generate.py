@@ -17,10 +17,15 @@ from pathlib import Path
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
 RI = "$__rate_interval"
-# Selector for metrics that carry model, key and team (the GenAI histograms, cost, rejections).
-F = 'gen_ai_request_model=~"$model", otelgate_key=~"$key", otelgate_team=~"$team"'
-# Same for metrics labelled by key and team only.
+# Selector for the GenAI histograms (duration, tokens, time to first chunk): they carry the model, not the key or
+# team (the semconv metrics keep their cardinality to model and provider).
+M = 'gen_ai_request_model=~"$model"'
+# Selector for otelgate's own metrics that carry model, key and team (cost).
+F = M + ', otelgate_key=~"$key", otelgate_team=~"$team"'
+# Same for metrics labelled by key and team only (rejections, sessions, calls per session).
 KT = 'otelgate_key=~"$key", otelgate_team=~"$team"'
+# One observation per chat call, labelled by key and team: the per-key request count.
+CALLS = "otelgate_session_calls_count"
 DUR = "gen_ai_client_operation_duration_seconds"
 TTFC = "gen_ai_client_operation_time_to_first_chunk_seconds"
 TPOC = "gen_ai_client_operation_time_per_output_chunk_seconds"
@@ -63,7 +68,7 @@ def q_ratio(num: str, den: str) -> str:
     return f"({num}) / ({den})"
 
 
-def quantile(q: float, metric: str, by: str = "", sel: str = F) -> str:
+def quantile(q: float, metric: str, by: str = "", sel: str = M) -> str:
     group = f"le, {by}" if by else "le"
     return f"histogram_quantile({q}, sum by ({group}) (rate({metric}_bucket{{{sel}}}[{RI}])))"
 
@@ -102,8 +107,8 @@ def base_vars() -> list[dict]:
             "hide": 0,
         },
         query_var("model", "gen_ai_request_model", f"{DUR}_count"),
-        query_var("key", "otelgate_key", f"{DUR}_count"),
-        query_var("team", "otelgate_team", f"{DUR}_count"),
+        query_var("key", "otelgate_key", CALLS),
+        query_var("team", "otelgate_team", CALLS),
     ]
 
 
@@ -120,18 +125,18 @@ CIRCUIT_MAPPINGS = [
 
 
 def overview() -> Dashboard:
-    req = rate_sum(f"{DUR}_count", "gen_ai_request_model", F)
-    errors_by_model = rate_sum(f"{DUR}_count", "gen_ai_request_model", F + ', error_type!=""')
+    req = rate_sum(f"{DUR}_count", "gen_ai_request_model", M)
+    errors_by_model = rate_sum(f"{DUR}_count", "gen_ai_request_model", M + ', error_type!=""')
     return Dashboard(
         "otelgate-overview",
         "otelgate / Overview",
         "Traffic, errors, latency, time to first token, tokens and cost through the gateway.",
         [
-            Panel("Requests/s", [Q(f"sum(rate({DUR}_count{{{F}}}[{RI}]))")], "stat", "reqps", width=6, height=4),
+            Panel("Requests/s", [Q(f"sum(rate({DUR}_count{{{M}}}[{RI}]))")], "stat", "reqps", width=6, height=4),
             Panel(
                 "Error ratio",
-                [Q(q_ratio(f'sum(rate({DUR}_count{{{F}, error_type!=""}}[{RI}]))',
-                           f"sum(rate({DUR}_count{{{F}}}[{RI}]))"))],
+                [Q(q_ratio(f'sum(rate({DUR}_count{{{M}, error_type!=""}}[{RI}]))',
+                           f"sum(rate({DUR}_count{{{M}}}[{RI}]))"))],
                 "stat", "percentunit", width=6, height=4,
                 thresholds=[(None, "green"), (0.01, "yellow"), (0.05, "red")],
             ),
@@ -140,10 +145,11 @@ def overview() -> Dashboard:
                   "stat", "currencyUSD", width=6, height=4),
             Panel("Requests/s by model", [Q(req, "{{gen_ai_request_model}}")], unit="reqps"),
             Panel("Requests/s by provider",
-                  [Q(rate_sum(f"{DUR}_count", "gen_ai_provider_name", F), "{{gen_ai_provider_name}}")],
+                  [Q(rate_sum(f"{DUR}_count", "gen_ai_provider_name", M), "{{gen_ai_provider_name}}")],
                   unit="reqps"),
-            Panel("Requests/s by key", [Q(rate_sum(f"{DUR}_count", "otelgate_key", F), "{{otelgate_key}}")],
-                  unit="reqps"),
+            Panel("Requests/s by key", [Q(rate_sum(CALLS, "otelgate_key", KT), "{{otelgate_key}}")],
+                  unit="reqps", description="Chat calls per key, refused ones included (otelgate_session_calls "
+                                            "counts every call once; the GenAI histograms carry no key)."),
             Panel("Error ratio by model", [Q(q_ratio(errors_by_model, req), "{{gen_ai_request_model}}")],
                   unit="percentunit"),
             Panel(
@@ -165,11 +171,8 @@ def overview() -> Dashboard:
                   [Q(quantile(0.95, TPOC, "gen_ai_request_model"), "{{gen_ai_request_model}}", exemplar=True)],
                   unit="s"),
             Panel("Tokens/s by model and type",
-                  [Q(rate_sum(f"{TOK}_sum", "gen_ai_request_model, gen_ai_token_type", F),
-                     "{{gen_ai_request_model}} {{gen_ai_token_type}}")]),
-            Panel("Tokens/s by key",
-                  [Q(rate_sum(f"{TOK}_sum", "otelgate_key, gen_ai_token_type", F),
-                     "{{otelgate_key}} {{gen_ai_token_type}}")]),
+                  [Q(rate_sum(f"{TOK}_sum", "gen_ai_request_model, gen_ai_token_type", M),
+                     "{{gen_ai_request_model}} {{gen_ai_token_type}}")], width=24),
             Panel("Cost per hour by model",
                   [Q(f"{rate_sum('otelgate_cost_usd_total', 'gen_ai_request_model', F)} * 3600",
                      "{{gen_ai_request_model}}")], unit="currencyUSD"),
@@ -265,15 +268,16 @@ def reliability() -> Dashboard:
                      "{{server_address}} {{gen_ai_request_model}}")],
                   "state-timeline", mappings=CIRCUIT_MAPPINGS),
             Panel("Fallbacks/s",
-                  [Q(rate_sum("otelgate_fallbacks_total", "from_model, to"), "{{from_model}} → {{to}}")],
+                  [Q(rate_sum("otelgate_fallbacks_total", "gen_ai_request_model, otelgate_fallback"),
+                     "{{gen_ai_request_model}} → {{otelgate_fallback}}")],
                   unit="reqps"),
             Panel("Refusals/s by reason",
                   [Q(rate_sum("otelgate_requests_rejected_total", "reason", KT), "{{reason}}")], unit="reqps"),
             Panel("Failed calls/s by error type",
-                  [Q(rate_sum(f"{DUR}_count", "error_type", F + ', error_type!=""'), "{{error_type}}")],
+                  [Q(rate_sum(f"{DUR}_count", "error_type", M + ', error_type!=""'), "{{error_type}}")],
                   unit="reqps"),
-            Panel("In-flight calls by provider",
-                  [Q("sum by (gen_ai_provider_name) (otelgate_inflight)", "{{gen_ai_provider_name}}")]),
+            Panel("In-flight calls by upstream",
+                  [Q("sum by (server_address) (otelgate_inflight)", "{{server_address}}")]),
             Panel("Telemetry export failures/s and dropped items/s",
                   [Q(rate_sum("otelgate_telemetry_export_failures_total", "signal"), "failures {{signal}}"),
                    Q(f"sum(rate(otelgate_telemetry_dropped_total[{RI}]))", "dropped")]),

@@ -209,6 +209,36 @@ def prom_query(base_url: str, expr: str, at: float | None = None) -> tuple[int, 
     return status, json.loads(body)
 
 
+def prom_query_range(base_url: str, expr: str, start: float, end: float, step: float = 1.0
+                     ) -> tuple[int, dict[str, Any]]:
+    """Range query, as Grafana runs a time-series panel over the dashboard's time range."""
+    params = {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
+    status, body = http_get(f"{base_url}/api/v1/query_range?{urllib.parse.urlencode(params)}")
+    return status, json.loads(body)
+
+
+def prom_label_values(base_url: str, label: str, match: str, start: float, end: float) -> list[str]:
+    """What Grafana's `label_values(match, label)` variable query lists over a time range."""
+    params = {"match[]": match, "start": f"{start:.3f}", "end": f"{end:.3f}"}
+    status, body = http_get(f"{base_url}/api/v1/label/{label}/values?{urllib.parse.urlencode(params)}")
+    assert status == 200, body
+    return list(json.loads(body)["data"])
+
+
+def last_scrape(base_url: str, job: str) -> float:
+    """Unix time of Prometheus's latest successful scrape of `job` (0.0 when there is none yet)."""
+    status, body = prom_query(base_url, f'timestamp(up{{job="{job}"}} == 1)')
+    assert status == 200, body
+    result = body["data"]["result"]
+    return max((float(r["value"][1]) for r in result), default=0.0)
+
+
+def wait_scraped_after(base_url: str, job: str, moment: float, timeout: float = 10) -> None:
+    """Block until Prometheus has scraped `job` after `moment` (time.time()): everything the target showed
+    at `moment` is then in the TSDB. Synchronises on the scrape itself rather than on a guessed delay."""
+    wait_until(lambda: last_scrape(base_url, job) > moment, timeout=timeout)
+
+
 def write_alertmanager_config(path: Path, webhook_url: str, *, source: Path | None = None,
                               group_wait: str = "1s", group_interval: str = "1s",
                               repeat_interval: str = "1h") -> Path:
