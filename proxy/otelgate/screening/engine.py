@@ -28,12 +28,9 @@ MODEL_RULE_ID = "model:injection"
 # (a 3 MiB request must pass), and scanning megabytes would stall the request. 256 KiB scans in tens of ms.
 MAX_SCAN_CHARS = 256 * 1024
 LIMIT_RULE_ID = "limit:partial_scan"
-# The classifier's probability p counts as evidence MODEL_SCALE * max(0, p - MODEL_FLOOR) / (1 - MODEL_FLOOR):
-# below the floor it says nothing (it is a weaker judge than a rule on hard benign text), above it it rises to
-# MODEL_SCALE (0.55: only a near-certain model flags alone; otherwise it tips a weak rule over the threshold).
-# Chosen by 5-fold CV on the dev tune split, never on held-out data.
-MODEL_FLOOR = 0.5
-MODEL_SCALE = 0.55
+# The classifier's probability p counts as evidence scale * max(0, p - floor) / (1 - floor): below the floor it
+# says nothing, above it it rises to scale. floor and scale ship with the model (model/injection.json), chosen by
+# k-fold cross-validation on the training rows only, never on held-out data.
 # Weight of the evidence "this text carried an encoded payload in which rules matched", and of text hidden in
 # Unicode tag characters (invisible to a human reviewer, read by the model).
 DECODED_WEIGHT = 0.3
@@ -63,6 +60,8 @@ class Rule:
     keywords: frozenset[str]
     prefixes: frozenset[str]
     source: str
+    # The same patterns prepared for fast searching (see _fast_pattern); derived from ``patterns``.
+    fast: tuple[tuple[re.Pattern[str], bool], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +114,56 @@ def _rule_from_dict(raw: Any, source: str, index: int) -> Rule:
         raise ValueError(f"{where}: 'keywords' must be a list of non-empty strings")
     whole = frozenset(k.lower() for k in keywords if not k.endswith("*"))
     prefixes = frozenset(k.lower().rstrip("*")[:4] for k in keywords if k.endswith("*"))
-    return Rule(rid, category, float(weight), tuple(languages), tuple(compiled), view, whole, prefixes, source)
+    fast = tuple(_fast_pattern(p) for p in patterns)
+    return Rule(rid, category, float(weight), tuple(languages), tuple(compiled), view, whole, prefixes, source,
+                fast)
+
+
+def _top_level_alternation(src: str) -> bool:
+    depth = 0
+    in_class = False
+    i = 0
+    while i < len(src):
+        ch = src[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = ch != "]"
+        elif ch == "[":
+            in_class = True
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "|" and depth == 0:
+            return True
+        i += 1
+    return False
+
+
+def _fast_pattern(src: str) -> tuple[re.Pattern[str], bool]:
+    """(pattern, check_boundary). A leading ``\\b`` stops Python's regex engine from skipping ahead to positions
+    whose first character can start a match, which makes a search 2-3x slower; so ``\\bX`` is searched as ``X``
+    and the word boundary at the match start is checked afterwards (same matches: a boundary is a property of
+    the position). Patterns with a top-level ``|`` are left alone (the check would apply to every branch)."""
+    if src.startswith("\\b") and not src.startswith("\\b|") and not _top_level_alternation(src):
+        return re.compile(src[2:]), True
+    return re.compile(src), False
+
+
+def _search(fast: tuple[re.Pattern[str], bool], text: str, lo: int = 0, hi: int | None = None) -> bool:
+    pattern, check = fast
+    end = len(text) if hi is None else hi
+    pos = lo
+    while True:
+        m = pattern.search(text, pos, end)
+        if m is None:
+            return False
+        start = m.start()
+        if not check or start == 0 or not (text[start - 1].isalnum() or text[start - 1] == "_"):
+            return True
+        pos = start + 1
 
 
 def load_pack_file(path: Path, source: str | None = None) -> list[Rule]:
@@ -240,17 +288,17 @@ class Screener:
             if not found_kw and not found_px:
                 continue
             if rule.view == "folded":
-                matched = any(p.search(norm.folded) for p in rule.patterns)
+                matched = any(_search(f, norm.folded) for f in rule.fast)
             elif not windowed:
-                matched = any(p.search(words) for p in rule.patterns)
+                matched = any(_search(f, words) for f in rule.fast)
             else:
                 spans = _keyword_spans(words, found_kw, found_px)
-                matched = any(p.search(words, lo, hi) for p in rule.patterns for lo, hi in spans)
+                matched = any(_search(f, words, lo, hi) for f in rule.fast for lo, hi in spans)
             if matched:
                 hits.append(rule)
         for rule in self._always:
             text = words if rule.view == "words" else norm.folded
-            if any(p.search(text) for p in rule.patterns):
+            if any(_search(f, text) for f in rule.fast):
                 hits.append(rule)
         return hits
 
@@ -282,7 +330,8 @@ class Screener:
         model_part = 0.0
         if self.model is not None:
             p = self.model.score(tokens)
-            model_part = MODEL_SCALE * max(0.0, p - MODEL_FLOOR) / (1.0 - MODEL_FLOOR)
+            floor = self.model.floor
+            model_part = self.model.scale * max(0.0, p - floor) / (1.0 - floor)
             if model_part > 0.0:
                 evidence[MODEL_RULE_ID] = (model_part, "classifier")
         return evidence, model_part

@@ -57,11 +57,19 @@ _LEET_STRIP_TRAIL = re.compile(r"[!|]+$")
 # Cheap gate: most texts have no letter touching a digit or symbol, and the token regex above is the costliest
 # step of normalisation.
 _LEET_GATE_RE = re.compile(r"[a-z][0-9@$|]|[0-9@$|][a-z]")
+# Runs of the rarer side of a junction: searching for these lets the regex engine skip ahead (a pattern that
+# starts with [a-z] tries nearly every position); the letter next to the run is checked in Python.
+_LEET_RUN_RE = re.compile(r"[0-9@$|]+")
 
 # Letters spaced out to dodge word patterns: "i g n o r e" or "i.g.n.o.r.e" (one separator between letters;
 # a wider gap still separates words).
 _SPACED_RE = re.compile(r"(?<![\w])(?:\w[ .\-_*/]){2,}\w(?![\w])")
 _SPACED_SEP_RE = re.compile(r"[ .\-_*/]")
+# Cheap gate for the above (three single characters with separators between them), searched with a leading
+# space so that a spaced word at the very start is seen too.
+_SPACED_GATE_RE = re.compile(r"\W\w[ .\-_*/]\w[ .\-_*/]\w(?!\w)")
+_ASCII_PUNCT = "".join(chr(c) for c in range(128) if not chr(c).isalnum())
+_ASCII_PUNCT_TO_SPACE = str.maketrans(_ASCII_PUNCT, " " * len(_ASCII_PUNCT))
 
 _WS_RE = re.compile(r"\s+")
 _NON_WORD_RE = re.compile(r"[\W_]+")
@@ -105,13 +113,20 @@ def _fold_leet_text(text: str) -> str:
     of the text untouched: cheaper than running the token regex over everything."""
     out: list[str] = []
     last = 0
-    for m in _LEET_GATE_RE.finditer(text):
-        if m.start() < last:
+    n = len(text)
+    for m in _LEET_RUN_RE.finditer(text):
+        a, b = m.start(), m.end()
+        if a < last:
             continue
-        start = m.start()
+        if a > 0 and "a" <= text[a - 1] <= "z":
+            start = a - 1
+        elif b < n and "a" <= text[b] <= "z":
+            start = a
+        else:
+            continue
         while start > last and text[start - 1] in _LEET_CHARS:
             start -= 1
-        end = _TOKEN_END_RE.match(text, m.start()).end()  # type: ignore[union-attr]
+        end = _TOKEN_END_RE.match(text, start).end()  # type: ignore[union-attr]
         out.append(text[last:start])
         out.append(_LEET_TOKEN_RE.sub(_fold_leet, text[start:end]))
         last = end
@@ -149,10 +164,14 @@ def words_view(base: str) -> str:
     """The matching view, from folded text whose whitespace is not yet collapsed (so that a double space
     still separates s p a c e d words)."""
     text = _fold_leet_text(base)
-    text = _SPACED_RE.sub(_join_spaced, text)
+    if _SPACED_GATE_RE.search(" " + text + " "):
+        text = _SPACED_RE.sub(_join_spaced, text)
+    if text.isascii():
+        # Same result as the regex below for ASCII text ("_" counts as punctuation), several times faster.
+        return " ".join(text.translate(_ASCII_PUNCT_TO_SPACE).split())
     return _NON_WORD_RE.sub(" ", text).strip()
 
 
 def normalize(text: str) -> Normalized:
     base, hidden = fold(text)
-    return Normalized(folded=_WS_RE.sub(" ", base).strip(), words=words_view(base), hidden=hidden)
+    return Normalized(folded=" ".join(base.split()), words=words_view(base), hidden=hidden)
