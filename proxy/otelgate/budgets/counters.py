@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from .ledger import Amount, Limit, Refusal, UsageRow, WindowSpend, usd_to_nano
@@ -57,15 +58,26 @@ class CounterRef:
         return {"k": self.key, "rk": self.rk, "r": 1 if self.rolling else 0, "b": self.bucket,
                 "W": self.window_seconds, "Z": self.bucket_seconds or 1, "st": self.start, "en": self.end,
                 "e": self.expires_at, "s": self.sliding_ttl, "lu": lu, "lt": lt, "lc": lc,
-                "L": json.dumps(self.limit.to_dict(), separators=(",", ":"))}
+                "L": limit_json(self.limit)}
 
     @classmethod
     def from_wire(cls, w: dict[str, Any]) -> CounterRef:
-        limit = Limit.from_dict(json.loads(w["L"]))
+        limit = limit_from_json(w["L"])
         return cls(limit=limit, rk=w["rk"], key=w["k"], rolling=bool(w["r"]), bucket=int(w["b"]),
                    window_seconds=int(w["W"]), bucket_seconds=int(w["Z"]) if w["r"] else 0,
                    start=float(w["st"]), end=float(w["en"]), expires_at=float(w["e"]),
                    sliding_ttl=int(w["s"]), limits_nano=(int(w["lu"]), int(w["lt"]), int(w["lc"])))
+
+
+# A proxy sees the same few limits over and over: encode and decode each once (both are pure).
+@lru_cache(maxsize=4096)
+def limit_json(limit: Limit) -> str:
+    return json.dumps(limit.to_dict(), separators=(",", ":"))
+
+
+@lru_cache(maxsize=4096)
+def limit_from_json(text: str) -> Limit:
+    return Limit.from_dict(json.loads(text))
 
 
 def merge_limits(limits: list[Limit]) -> list[Limit]:

@@ -21,6 +21,7 @@ from . import ratelimit
 from .counters import (
     CounterRef,
     alert_mark_prefix,
+    limit_json,
     plan,
     refusal_for,
     scope_prefix,
@@ -51,6 +52,7 @@ CREATE TABLE IF NOT EXISTS rates (k TEXT PRIMARY KEY, level REAL NOT NULL, at RE
 """
 
 PRUNE_EVERY = 60.0  # seconds between clean-ups of expired rows, per process
+REGISTER_EVERY = 60.0  # seconds a process may skip re-registering a limit it registered
 SWEEP_BATCH = 100  # expired reservations released per reserve, bounding its cost
 
 
@@ -64,6 +66,8 @@ class SqliteLedger(Ledger):
         self._busy_ms = int(busy_timeout_ms)
         self._last_prune = 0.0
         self._clock = 0.0
+        # rk -> (monotonic, expiry, spec) of this process's last write; used on the ledger thread only
+        self._registered_at: dict[str, tuple[float, float, str]] = {}
         self._closed = False
         # One thread: SQLite serialises writers anyway; concurrent calls share one commit (group commit).
         in_memory = path in ("", ":memory:") or path.startswith("file::memory:")
@@ -169,12 +173,22 @@ class SqliteLedger(Ledger):
         else:
             self._add(c, ref.key, d, ref.expires_at, False)
 
-    @staticmethod
-    def _register(c: sqlite3.Connection, ref: CounterRef, now: float) -> None:
+    def _register(self, c: sqlite3.Connection, ref: CounterRef, now: float) -> None:
         exp = now + ref.sliding_ttl if ref.sliding_ttl else max(ref.expires_at, now + ref.window_seconds)
+        # The registry only feeds usage listings: skip rewriting a row this process wrote in the last minute
+        # with the same spec and an expiry at most a minute short (one write fewer per limit per request).
+        # Should that write have been rolled back after all, the row is rewritten within the minute.
+        mono, spec = time.monotonic(), limit_json(ref.limit)
+        seen = self._registered_at.get(ref.rk)
+        if seen is not None and mono - seen[0] < REGISTER_EVERY and seen[1] >= exp - REGISTER_EVERY \
+                and seen[2] == spec:
+            return
         c.execute("INSERT INTO limits (rk, spec, expires_at) VALUES (?, ?, ?) ON CONFLICT(rk) DO UPDATE "
                   "SET spec = excluded.spec, expires_at = MAX(limits.expires_at, excluded.expires_at)",
-                  (ref.rk, ref.wire()["L"], exp))
+                  (ref.rk, spec, exp))
+        if len(self._registered_at) > 10_000:
+            self._registered_at.clear()
+        self._registered_at[ref.rk] = (mono, exp, spec)
 
     def _rolling_reset(self, c: sqlite3.Connection, ref: CounterRef, u: int, allowed: int) -> float | None:
         if allowed < 0:
