@@ -7,15 +7,21 @@ content never appears here at all (content capture only feeds span attributes).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import logging.handlers
 import queue
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING, Any, TextIO
 
 from opentelemetry._logs import SeverityNumber
+
+try:  # faster JSON when it happens to be installed; never a dependency
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - depends on the environment
+    _orjson = None  # type: ignore[assignment]
 
 from otelgate.telemetry import semconv as sc
 
@@ -41,21 +47,6 @@ class JsonFormatter(logging.Formatter):
                 fields["exc"] = self.formatException(record.exc_info)
         out = {"ts": round(record.created, 6), **fields}
         return json.dumps(out, ensure_ascii=False, separators=(",", ":"), default=str)
-
-
-class _DroppingQueueHandler(logging.handlers.QueueHandler):
-    def __init__(self, q: queue.Queue[Any], stats: ExportStats) -> None:
-        super().__init__(q)
-        self._stats = stats
-
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        return record  # the listener formats; keep the request path cheap
-
-    def enqueue(self, record: logging.LogRecord) -> None:
-        try:
-            self.queue.put_nowait(record)
-        except queue.Full:
-            self._stats.dropped[sc.SIGNAL_LOGS] += 1
 
 
 def _verdict(verdict: dict[str, Any]) -> dict[str, Any]:
@@ -106,6 +97,68 @@ def access_fields(
     return fields
 
 
+def _json_line(fields: dict[str, Any]) -> str:
+    if _orjson is not None:
+        try:
+            return _orjson.dumps(fields, default=str, option=_orjson.OPT_NON_STR_KEYS).decode()
+        except Exception:
+            pass  # e.g. an int beyond 64 bits from ctx.log_fields: the stdlib encoder takes anything
+    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+class _LineWriter:
+    """A daemon thread that formats and writes access lines in batches.
+
+    The request path pays one `SimpleQueue.put` (C, no lock contention with the writer's waits) and a size check;
+    a stalled stdout fills the queue, and further lines are dropped and counted instead of stalling requests."""
+
+    _STOP = object()
+
+    def __init__(self, stream: TextIO, stats: ExportStats, limit: int) -> None:
+        self._stream, self._stats, self._limit = stream, stats, limit
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="otelgate-access-log", daemon=True)
+        self._thread.start()
+
+    def put(self, ts: float, fields: dict[str, Any]) -> None:
+        if self._queue.qsize() >= self._limit:
+            self._stats.dropped[sc.SIGNAL_LOGS] += 1
+        else:
+            self._queue.put((ts, fields))
+
+    def _run(self) -> None:
+        get, get_nowait = self._queue.get, self._queue.get_nowait
+        while True:
+            batch = [get()]
+            with contextlib.suppress(queue.Empty):
+                while len(batch) < 512:
+                    batch.append(get_nowait())
+            lines = []
+            stop = False
+            for item in batch:
+                if item is self._STOP:
+                    stop = True
+                    continue
+                ts, fields = item
+                try:
+                    lines.append(_json_line({"ts": round(ts, 6), **fields}))
+                except Exception:
+                    self._stats.dropped[sc.SIGNAL_LOGS] += 1
+            if lines:
+                try:
+                    self._stream.write("\n".join(lines) + "\n")
+                    self._stream.flush()
+                except Exception:
+                    self._stats.dropped[sc.SIGNAL_LOGS] += len(lines)
+            if stop:
+                return
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Write what is queued (waiting at most `timeout`: a stuck stdout is abandoned)."""
+        self._queue.put(self._STOP)
+        self._thread.join(timeout)
+
+
 class AccessLog:
     def __init__(
         self,
@@ -116,31 +169,18 @@ class AccessLog:
         stream: TextIO | None = None,
         queue_size: int = 10_000,
     ) -> None:
-        self.logger = logging.getLogger(sc.ACCESS_LOGGER)
-        self.logger.setLevel(logging.INFO)
-        self.logger.propagate = False  # access lines are not application logs: keep them off the root handlers
-        self._handlers: list[logging.Handler] = []
-        self._listener: logging.handlers.QueueListener | None = None
-        if to_stdout:
-            q: queue.Queue[Any] = queue.Queue(queue_size)
-            writer = logging.StreamHandler(stream or sys.stdout)
-            writer.setFormatter(JsonFormatter())
-            self._listener = logging.handlers.QueueListener(q, writer)
-            self._listener.start()
-            self._handlers.append(_DroppingQueueHandler(q, stats))
+        # stdout: our own writer thread rather than logging's QueueHandler/QueueListener — a LogRecord, the
+        # handler locks and queue.Queue's condition variables cost ~8 µs per line on the request path.
+        self._writer = _LineWriter(stream or sys.stdout, stats, queue_size) if to_stdout else None
         # OTLP: emitted straight to an OTel logger (no stdlib round trip) with the fields as a structured body
         # and the chat span's context, so the record carries trace_id/span_id.
         self._otel_logger = logger_provider.get_logger(sc.INSTRUMENTATION_SCOPE) if logger_provider else None
-        for handler in self._handlers:
-            self.logger.addHandler(handler)
         self.otlp = self._otel_logger is not None  # the caller builds a trace Context only for OTLP records
-        self.enabled = bool(self._handlers) or self.otlp
+        self.enabled = self._writer is not None or self.otlp
 
     def emit(self, fields: dict[str, Any], span_context: Context | None) -> None:
-        if self._handlers:
-            record = logging.LogRecord(sc.ACCESS_LOGGER, logging.INFO, __file__, 0, "access", None, None)
-            setattr(record, FIELDS_ATTR, fields)
-            self.logger.handle(record)
+        if self._writer is not None:
+            self._writer.put(time.time(), fields)
         if self._otel_logger is not None:
             now = time.time_ns()
             self._otel_logger.emit(
@@ -154,8 +194,6 @@ class AccessLog:
             )
 
     def close(self) -> None:
-        for handler in self._handlers:
-            self.logger.removeHandler(handler)
-        if self._listener is not None:
-            self._listener.stop()
-            self._listener = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

@@ -12,9 +12,9 @@ budget. `SpanWriter` keeps the SDK's semantics that matter and skips the rest:
   `ParentBased` sampler inherits its parent's decision without a call, as that sampler would decide;
 * ids come from the provider's id generator, trace flags (sampled, random-trace-id) and tracestate as the SDK sets;
 * finished spans are the SDK's `ReadableSpan`, handed to the provider's span processors (`on_end`), so batch
-  processors, exporters and the in-memory test exporter see what the SDK would have produced — attribute values
-  checked the way the SDK checks them (lists become tuples, invalid values dropped), the span limits applied when
-  a value-length limit is configured;
+  processors, exporters and the in-memory test exporter see what the SDK would have produced; attribute dicts
+  of plain values are stored as they are (what the SDK's validation would leave), anything else — a list, a
+  limit to apply — goes through the SDK's own `BoundedAttributes`;
 * with no span processor at all (no OTLP, no test exporter) nothing is built: only ids, for logs and exemplars.
 Not kept: `on_start` calls (the processors otelgate installs ignore them) and the SDK's self-metrics of spans.
 """
@@ -40,32 +40,11 @@ if TYPE_CHECKING:
 
 PROPAGATOR = TraceContextTextMapPropagator()
 _PRIMITIVES = (str, bool, int, float)
-_PRIMITIVE_TYPES = frozenset(_PRIMITIVES)
+_PRIMITIVE_TYPES = frozenset((str, bool, int, float, bytes))
 _UNSET = Status(StatusCode.UNSET)
 _ERROR = Status(StatusCode.ERROR)
 _SAMPLED = TraceFlags.SAMPLED
 _RANDOM = getattr(TraceFlags, "RANDOM_TRACE_ID", 0)
-
-
-def clean_attributes(attributes: dict[str, Any]) -> dict[str, Any]:
-    """Attribute values as the SDK's validation leaves them: primitives kept, homogeneous sequences as tuples,
-    anything else dropped. In place when nothing changes (the common case: callers pass plain values)."""
-    for value in attributes.values():
-        if type(value) not in _PRIMITIVE_TYPES:
-            break
-    else:
-        return attributes
-    out: dict[str, Any] = {}
-    for key, value in attributes.items():
-        if type(value) in _PRIMITIVE_TYPES:
-            out[key] = value
-        elif isinstance(value, list | tuple):
-            kinds = {type(v) for v in value}
-            if len(kinds) <= 1 and kinds <= _PRIMITIVE_TYPES:
-                out[key] = tuple(value)
-        elif isinstance(value, _PRIMITIVES):  # subclasses (IntEnum, str subclasses): the SDK accepts them
-            out[key] = value
-    return out
 
 
 def _event_value(value: Any) -> Any:
@@ -75,6 +54,21 @@ def _event_value(value: Any) -> Any:
     if isinstance(value, list | tuple) and all(isinstance(v, _PRIMITIVES) for v in value):
         return tuple(value)
     return str(value)
+
+
+def _bounded(attributes: dict[str, Any], max_count: int | None, max_len: int | None) -> Any:
+    """The attributes as the SDK would store them. Plain values (what otelgate sets) under the limits are stored
+    as they are, which is what the SDK's validation would leave; anything else goes through the SDK's own
+    `BoundedAttributes` (conversions, truncation, drops — exactly its rules)."""
+    if max_len is None and (max_count is None or len(attributes) <= max_count):
+        for value in attributes.values():
+            if type(value) not in _PRIMITIVE_TYPES and not (
+                type(value) is tuple and all(type(v) in _PRIMITIVE_TYPES for v in value)
+            ):
+                break
+        else:
+            return attributes
+    return BoundedAttributes(max_count, attributes, immutable=True, max_value_len=max_len)
 
 
 class OpenSpan:
@@ -106,20 +100,31 @@ class SpanWriter:
     def __init__(self, provider: TracerProvider, scope_name: str) -> None:
         self.provider = provider
         self.resource = provider.resource
-        self.scope = InstrumentationScope(scope_name)
+        tracer = provider.get_tracer(scope_name)
+        self.scope = getattr(tracer, "_instrumentation_scope", None) or InstrumentationScope(scope_name, "")
         self.sampler = provider.sampler
         self.ids = provider.id_generator
         limits: SpanLimits = getattr(provider, "_span_limits", None) or SpanLimits()
         self._limits = limits
-        # Bounded (validated, truncated) attributes only when a length limit asks for it; counts stay far below
-        # the default 128 attributes per span.
-        self._bounded = limits.max_span_attribute_length is not None
+        # The default sampler (ParentBased(ALWAYS_ON)) decides from the parent's flags alone: skip the call (and its
+        # SamplingResult) then. Any other sampler, or a ParentBased with other delegates, is asked every time.
         sampler = self.sampler
-        self._inherit = (
-            isinstance(sampler, ParentBased)
-            and getattr(sampler, "_local_parent_sampled", None) is ALWAYS_ON
-            and getattr(sampler, "_local_parent_not_sampled", None) is ALWAYS_OFF
-        )
+        parent_based = isinstance(sampler, ParentBased)
+
+        def delegates(sampled: str, not_sampled: str) -> bool:
+            return (
+                parent_based
+                and getattr(sampler, sampled, None) is ALWAYS_ON
+                and getattr(sampler, not_sampled, None) is ALWAYS_OFF
+            )
+
+        self._inherit_local = delegates("_local_parent_sampled", "_local_parent_not_sampled")
+        self._inherit_remote = delegates("_remote_parent_sampled", "_remote_parent_not_sampled")
+        self._root_on = parent_based and getattr(sampler, "_root", None) is ALWAYS_ON
+
+    @property
+    def limits(self) -> SpanLimits:
+        return self._limits
 
     @property
     def active(self) -> bool:
@@ -138,30 +143,26 @@ class SpanWriter:
     ) -> OpenSpan:
         if parent is not None and not parent.is_valid:
             parent = None
-        if parent is not None and not parent.is_remote and self._inherit:
-            sampled = parent.trace_flags.sampled
-            recording = sampled
-            trace_state = parent.trace_state
+        if parent is None:
+            trace_id = self.ids.generate_trace_id()
+            inherit = self._root_on
+            sampled, trace_state = True, None
         else:
+            trace_id = parent.trace_id
+            inherit = self._inherit_remote if parent.is_remote else self._inherit_local
+            sampled, trace_state = parent.trace_flags.sampled, parent.trace_state
+        recording = sampled
+        if not inherit:
             if parent_context is None and parent is not None:
                 parent_context = trace.set_span_in_context(NonRecordingSpan(parent))
-            trace_id = parent.trace_id if parent is not None else self.ids.generate_trace_id()
             result = self.sampler.should_sample(parent_context, trace_id, name, kind, attributes, ())
             sampled = result.decision is Decision.RECORD_AND_SAMPLE
             recording = result.decision is not Decision.DROP
             trace_state = result.trace_state
             if result.attributes:
                 attributes = {**result.attributes, **attributes}
-            context = self._context(parent, trace_id, sampled, trace_state)
-            return OpenSpan(name, context, parent, kind, attributes, start_ns, recording)
         return OpenSpan(
-            name,
-            self._context(parent, parent.trace_id, sampled, trace_state),
-            parent,
-            kind,
-            attributes,
-            start_ns,
-            recording,
+            name, self._context(parent, trace_id, sampled, trace_state), parent, kind, attributes, start_ns, recording
         )
 
     def _context(self, parent: SpanContext | None, trace_id: int, sampled: bool, trace_state: Any) -> SpanContext:
@@ -190,14 +191,8 @@ class SpanWriter:
         span.written = True
         if not span.recording:
             return
-        attributes: Any = clean_attributes(span.attributes)
-        if self._bounded:
-            attributes = BoundedAttributes(
-                self._limits.max_span_attributes,
-                attributes,
-                immutable=True,
-                max_value_len=self._limits.max_span_attribute_length,
-            )
+        limits = self._limits
+        attributes = _bounded(span.attributes, limits.max_span_attributes, limits.max_span_attribute_length)
         readable = ReadableSpan(
             name=span.name,
             context=span.context,
@@ -359,8 +354,17 @@ def finish(
         if chat is not None:
             chat.written = True
         return
+    limits = writer.limits
     events = tuple(
-        Event(e.name, clean_attributes({k: _event_value(v) for k, v in e.attributes.items()}), e.time_ns)
+        Event(
+            e.name,
+            _bounded(
+                {k: _event_value(v) for k, v in e.attributes.items()},
+                limits.max_event_attributes,
+                limits.max_attribute_length,
+            ),
+            e.time_ns,
+        )
         for e in ctx.events
     )
     parent = server.context
