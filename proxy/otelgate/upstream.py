@@ -319,10 +319,17 @@ class Upstream:
         try:
             async with asyncio.timeout(first_byte):
                 response = await self.session.request(ctx.route.method, url, headers=headers, data=body or None)
-        except TimeoutError:
+        except TimeoutError as exc:
+            # The reason names which timeout fired: it labels retries and otelgate.upstream.timeouts{kind}.
+            if isinstance(exc, aiohttp.ConnectionTimeoutError):
+                raise GatewayError(
+                    "timeout", f"cannot connect to upstream {self.name} ({target.server_address}) within "
+                    f"{timeouts.connect:.1f}s", reason="connect_timeout"
+                ) from None
+            reason = "first_byte_timeout" if first_byte >= timeouts.first_byte else "timeout"
             raise GatewayError(
                 "timeout", f"upstream {self.name} ({target.server_address}) sent no response headers within "
-                f"{first_byte:.1f}s", reason="timeout"
+                f"{first_byte:.1f}s", reason=reason
             ) from None
         except aiohttp.ClientConnectorError as exc:
             raise GatewayError(
@@ -372,7 +379,7 @@ class Upstream:
         except TimeoutError:
             raise GatewayError(
                 "timeout", f"upstream {self.name} ({target.server_address}) stalled while sending its response",
-                reason="timeout",
+                reason="idle_timeout",
             ) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise GatewayError(

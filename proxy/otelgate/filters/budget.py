@@ -242,7 +242,7 @@ class BudgetFilter:
                 for unit in ("usd", "tokens"):
                     value = lim.value(unit)
                     if value is not None:
-                        self.telemetry.set_budget_gauge(lim.scope, lim.scope_id, lim.window.key, unit,
+                        self.telemetry.set_budget_gauge(lim.scope, lim.scope_id, _window_label(lim.window), unit,
                                                         spend.spent.get(unit), value)
         if self.alerter is None:
             return
@@ -251,3 +251,8 @@ class BudgetFilter:
                       unit=alert.unit, threshold=alert.threshold, utilisation=round(alert.utilisation, 4),
                       severity=alert.severity, summary=alert.summary())
             log.warning("budget alert: %s", alert.description())
+
+
+def _window_label(window: Window) -> str:
+    """The window as the config names it (day, month, hours_N), for metric labels and dashboards."""
+    return f"hours_{window.hours_n}" if window.kind == "hours" else window.kind
