@@ -201,6 +201,9 @@ class BudgetsConfig(_Model):
     store: str = "sqlite:///./otelgate.db"
     on_store_error: Literal["closed", "open"] = "closed"
     store_timeout: float = Field(0.25, gt=0)
+    # Consecutive calls that got no answer at all before the store counts as down (a slow answer under load
+    # refuses only its own request).
+    store_down_after: int = Field(3, ge=1)
     alert_thresholds: list[float] = Field(default_factory=lambda: [0.5, 0.8, 1.0])
     alertmanager_url: str | None = None
     timezone: str = "UTC"

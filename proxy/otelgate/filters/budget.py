@@ -115,7 +115,9 @@ def store_error(exc: Exception) -> GatewayError:
 def open_store(settings: Settings) -> ResilientLedger:
     cfg = settings.budgets
     inner = open_ledger(cfg.store, reservation_ttl=cfg.reservation_ttl_seconds)
-    return ResilientLedger(inner, on_error=cfg.on_store_error, timeout=cfg.store_timeout)
+    return ResilientLedger(
+        inner, on_error=cfg.on_store_error, timeout=cfg.store_timeout, down_after=cfg.store_down_after
+    )
 
 
 @dataclass(slots=True)
