@@ -115,9 +115,18 @@ class UpstreamConfig(_Model):
         return value.rstrip("/")
 
 
+class AnthropicUpstreamConfig(UpstreamConfig):
+    base_url: str = "https://api.anthropic.com"
+
+
+class OpenAIUpstreamConfig(UpstreamConfig):
+    base_url: str = "https://api.openai.com/v1"
+
+
 class UpstreamsConfig(_Model):
-    anthropic: UpstreamConfig = UpstreamConfig(base_url="https://api.anthropic.com")
-    openai: UpstreamConfig = UpstreamConfig(base_url="https://api.openai.com/v1")
+    # Each provider keeps its public endpoint unless base_url is given: `anthropic: {api_key: ...}` is enough.
+    anthropic: AnthropicUpstreamConfig = AnthropicUpstreamConfig()
+    openai: OpenAIUpstreamConfig = OpenAIUpstreamConfig()
 
 
 class SessionLimits(_Model):
