@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 import anthropic
+
 from conftest import ANTHROPIC_TEST_KEY
 from proxyutil import gateway
 
