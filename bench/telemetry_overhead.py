@@ -1,13 +1,22 @@
-"""CPU cost of telemetry per request: the telemetry filter's request() + done() on a realistic streamed call.
+"""CPU cost of telemetry per request.
 
-    python bench/telemetry_overhead.py [--n 5000]
+    python bench/telemetry_overhead.py [--n 5000]            # in process: the filter's request() + done()
+    python bench/telemetry_overhead.py --e2e [--seconds 6]   # end to end: `otelgate serve` on a pinned core
 
-Measures time.process_time() (all threads: the batch exporter and access-log writer threads count too) for:
+In process, on a realistic call (usage, cost, a tool call asked, a session) streamed and not, measures
+time.process_time() (all threads: the batch exporter and access-log writer threads count too) for:
   off        the filter not in the chain (the loop and context only)
-  metrics    telemetry on: spans created (no span exporter), metrics, access log line to /dev/null
-  otlp       as `metrics` plus a BatchSpanProcessor feeding an exporter that discards (the OTLP path minus I/O)
+  metrics    telemetry on: metrics, access log line to /dev/null, span ids (no span processor: no span objects)
+  otlp       as `metrics` plus a BatchSpanProcessor feeding an exporter that discards: every span built and
+             queued, the export thread's work counted (the OTLP path minus I/O)
   capture    as `otlp` with message content capture on
-and prints µs per request. Numbers go in docs/telemetry.md.
+and prints µs per request.
+
+End to end (--e2e), like bench/core.py: the simulated upstream and wrk on core 1, `python -m otelgate serve` on
+core 0 (no limits or budgets, SQLite store), its CPU per request from /proc over a wrk run, for telemetry off
+(OTELGATE_TELEMETRY__ENABLED=false) and on (spans, metrics with /metrics, access log to /dev/null, no OTLP), and
+on + OTLP/HTTP to a sink process on core 1. Uses bench/_util.py's process and /proc helpers.
+Numbers go in docs/telemetry.md.
 """
 
 from __future__ import annotations
@@ -15,9 +24,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from aiohttp.test_utils import make_mocked_request
 from opentelemetry.sdk.trace import ReadableSpan
@@ -47,7 +59,7 @@ class Discard(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-def make_ctx(i: int) -> RequestContext:
+def make_ctx(i: int, stream: bool = True) -> RequestContext:
     headers = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "x-api-key": "k"}
     request = make_mocked_request("POST", "/v1/messages", headers=headers)
     ctx = RequestContext(request=request, provider=PROVIDERS["anthropic"], route=ROUTE, request_id=f"r{i}")
@@ -55,7 +67,7 @@ def make_ctx(i: int) -> RequestContext:
         BODY,
         "claude-sonnet-4-5",
         "claude-sonnet-4-5",
-        True,
+        stream,
         1024,
     )
     ctx.principal = Principal(key_id="support-bot", team="support", limits=None)  # type: ignore[arg-type]
@@ -71,16 +83,17 @@ def make_ctx(i: int) -> RequestContext:
     result.finish_reasons = ["tool_use"]
     result.tool_calls = [ToolCall(f"toolu_{i}", "read_file")]
     result.usage = Usage(1200, 180, 9000, 0, True)
-    result.first_chunk_ns, result.chunks = now + 300_000_000, 40
+    if stream:
+        result.first_chunk_ns, result.chunks = now + 300_000_000, 40
     result.output_text = ["Let me look at the file. " * 10]
     ctx.tool_results = [ToolResult(f"toolu_{i - 1}")] if i else []
     ctx.cost_usd, ctx.status = 0.0123, 200
     return ctx
 
 
-async def run(tel: Telemetry | None, n: int) -> float:
-    contexts = [make_ctx(i) for i in range(n)]
-    warm = [make_ctx(i) for i in range(200)]
+async def run(tel: Telemetry | None, n: int, stream: bool) -> float:
+    contexts = [make_ctx(i, stream) for i in range(n)]
+    warm = [make_ctx(i, stream) for i in range(200)]
     if tel is not None:
         for ctx in warm:
             await tel.filter.request(ctx)
@@ -118,28 +131,94 @@ def build(mode: str) -> Telemetry | None:
     return tel
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=5000)
-    args = parser.parse_args()
+async def in_process(n: int) -> None:
     real_stdout = sys.stdout
     sys.stdout = open(os.devnull, "w")  # noqa: ASYNC230 - the access log binds stdout at construction
-    results = {}
+    results: dict[tuple[str, bool], float] = {}
     try:
-        for mode in ("off", "metrics", "otlp", "capture"):
-            tel = build(mode)
-            results[mode] = await run(tel, args.n)
-            if tel is not None:
-                await tel.shutdown()
+        for stream in (False, True):
+            for mode in ("off", "metrics", "otlp", "capture"):
+                tel = build(mode)
+                results[mode, stream] = await run(tel, n, stream)
+                if tel is not None:
+                    await tel.shutdown()
     finally:
         sys.stdout.close()
         sys.stdout = real_stdout
-    base = results["off"]
-    for mode, micros in results.items():
-        extra = micros - base
-        print(
-            f"{mode:8s} {micros:8.1f} µs/request  (telemetry: {extra:6.1f} µs = {extra / 300 * 100:5.1f} % of 0.3 ms)"
-        )
+    for (mode, stream), micros in results.items():
+        extra = micros - results["off", stream]
+        label = "streaming" if stream else "non-streaming"
+        print(f"{label:14s} {mode:8s} {micros:8.1f} µs/request  (telemetry: {extra:6.1f} µs)")
+
+
+def e2e(seconds: float, connections: int) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from bench import _util as u
+
+    if not shutil.which("wrk"):
+        sys.exit("wrk is needed: apt-get install wrk")
+    sim_port, sink_port = u.free_port(), u.free_port()
+    procs = [
+        u.spawn([sys.executable, "-m", "otelgate.sim", "--port", str(sim_port), "--chunks", "50", "--uvloop"], "1"),
+        u.spawn([sys.executable, "-m", "bench._util", "otlp-sink", "--port", str(sink_port)], "1", cwd=u.ROOT),
+    ]
+    try:
+        u.wait_port(sim_port, proc=procs[0])
+        u.wait_port(sink_port, proc=procs[1])
+        sim = f"http://127.0.0.1:{sim_port}"
+        otlp = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}", "OTEL_METRIC_EXPORT_INTERVAL": "5000"}
+        targets = {
+            "off": {"OTELGATE_TELEMETRY__ENABLED": "false"},
+            "on (no OTLP)": {"OTELGATE_TELEMETRY__ENABLED": "true"},
+            "on + OTLP": {"OTELGATE_TELEMETRY__ENABLED": "true", **otlp},
+        }
+        rows: dict[tuple[str, str], float] = {}
+        for name, extra_env in targets.items():
+            port = u.free_port()
+            env = {
+                "OTELGATE_UPSTREAMS__ANTHROPIC__BASE_URL": sim,
+                "OTELGATE_BUDGETS__STORE": "sqlite:///" + tempfile.mkdtemp() + "/bench.db",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "",
+                **extra_env,
+            }
+            gw = u.spawn([sys.executable, "-m", "otelgate", "serve", "--port", str(port)], "0", env=env)
+            try:
+                u.wait_port(port, proc=gw)
+                url = f"http://127.0.0.1:{port}/v1/messages"
+                for label, body in (("non-streaming", u.BODY), ("streaming", {**u.BODY, "stream": True})):
+                    u.wrk(url, body, 2, connections, u.HEADERS, "1")  # warm-up
+                    before = u.cpu_seconds(gw.pid)
+                    result = u.wrk(url, body, seconds, connections, u.HEADERS, "1")
+                    if result.errors:
+                        raise RuntimeError(f"{name} {label}: {result.errors} failed requests\n{result.output}")
+                    rows[label, name] = (u.cpu_seconds(gw.pid) - before) * 1000 / result.total
+                    print(
+                        f"{label:14s} {name:14s} {result.rps:7.0f} req/s  cpu/req {rows[label, name]:.3f} ms",
+                        flush=True,
+                    )
+            finally:
+                u.stop(gw)
+    finally:
+        for proc in procs:
+            u.stop(proc)
+    print("\n| mode | telemetry | CPU ms/req | added by telemetry |")
+    print("|---|---|---|---|")
+    for (label, name), cpu in rows.items():
+        added = cpu - rows[label, "off"]
+        print(f"| {label} | {name} | {cpu:.3f} | {'-' if name == 'off' else f'{added * 1000:.0f} µs'} |")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=5000)
+    parser.add_argument("--e2e", action="store_true", help="measure `otelgate serve` end to end instead")
+    parser.add_argument("--seconds", type=float, default=6)
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args()
+    if args.e2e:
+        e2e(args.seconds, args.connections)
+    else:
+        await in_process(args.n)
 
 
 if __name__ == "__main__":
