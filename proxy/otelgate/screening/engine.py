@@ -62,6 +62,8 @@ class Rule:
     source: str
     # The same patterns prepared for fast searching (see _fast_pattern); derived from ``patterns``.
     fast: tuple[tuple[re.Pattern[str], bool], ...] = ()
+    # Per pattern: the 4-letter token beginnings a match must start with (None: unknown); see _lead_prefixes.
+    leads: tuple[frozenset[str] | None, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +117,9 @@ def _rule_from_dict(raw: Any, source: str, index: int) -> Rule:
     whole = frozenset(k.lower() for k in keywords if not k.endswith("*"))
     prefixes = frozenset(k.lower().rstrip("*")[:4] for k in keywords if k.endswith("*"))
     fast = tuple(_fast_pattern(p) for p in patterns)
+    leads = tuple(_lead_prefixes(p) if view == "words" else None for p in patterns)
     return Rule(rid, category, float(weight), tuple(languages), tuple(compiled), view, whole, prefixes, source,
-                fast)
+                fast, leads)
 
 
 def _top_level_alternation(src: str) -> bool:
@@ -140,6 +143,76 @@ def _top_level_alternation(src: str) -> bool:
             return True
         i += 1
     return False
+
+
+_LITERAL_RE = re.compile(r"[a-z0-9]*")
+
+
+def _split_top(src: str) -> list[str]:
+    """``src`` split at its top-level ``|``."""
+    parts: list[str] = []
+    depth = 0
+    in_class = False
+    cur = 0
+    i = 0
+    while i < len(src):
+        ch = src[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = ch != "]"
+        elif ch == "[":
+            in_class = True
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "|" and depth == 0:
+            parts.append(src[cur:i])
+            cur = i + 1
+        i += 1
+    parts.append(src[cur:])
+    return parts
+
+
+def _lead_prefixes(src: str) -> frozenset[str] | None:
+    """For a words-view pattern ``\\b(?:alt1|alt2...)rest`` or ``\\bword rest``: the 4-letter beginnings of the
+    tokens a match can start with, or None when that cannot be read off the pattern. A match starts at a word
+    boundary, which in the words view is the start of a token, so a text none of whose tokens begins with one
+    of these prefixes cannot match and the search is skipped."""
+    if not src.startswith("\\b") or _top_level_alternation(src):
+        return None
+    body = src[2:]
+    if body.startswith("(?:"):
+        depth = 0
+        end = -1
+        i = 0
+        while i < len(body):
+            ch = body[i]
+            if ch == "\\":
+                i += 2
+                continue
+            if ch == "(":
+                depth += 1
+            elif ch == ")":
+                depth -= 1
+                if depth == 0:
+                    end = i
+                    break
+            i += 1
+        if end == -1 or body[end + 1:end + 2] in ("?", "*", "{"):
+            return None
+        alternatives = _split_top(body[3:end])
+    else:
+        alternatives = [body]
+    out = set()
+    for alt in alternatives:
+        lead = _LITERAL_RE.match(alt).group(0)  # type: ignore[union-attr]
+        if len(lead) < 4 or alt[len(lead):len(lead) + 1] in ("?", "*", "{"):
+            return None  # too short to gate on, or its last letter is optional
+        out.add(lead[:4])
+    return frozenset(out)
 
 
 def _fast_pattern(src: str) -> tuple[re.Pattern[str], bool]:
@@ -289,11 +362,18 @@ class Screener:
                 continue
             if rule.view == "folded":
                 matched = any(_search(f, norm.folded) for f in rule.fast)
-            elif not windowed:
-                matched = any(_search(f, words) for f in rule.fast)
+                if matched:
+                    hits.append(rule)
+                continue
+            fast = [f for f, lead in zip(rule.fast, rule.leads, strict=True)
+                    if lead is None or not lead.isdisjoint(prefix_set)]
+            if not fast:
+                continue
+            if not windowed:
+                matched = any(_search(f, words) for f in fast)
             else:
                 spans = _keyword_spans(words, found_kw, found_px)
-                matched = any(_search(f, words, lo, hi) for f in rule.fast for lo, hi in spans)
+                matched = any(_search(f, words, lo, hi) for f in fast for lo, hi in spans)
             if matched:
                 hits.append(rule)
         for rule in self._always:
