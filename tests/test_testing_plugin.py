@@ -102,7 +102,8 @@ def test_wrong_expectation_fails(otelgate_llm):
 def test_plugin_fixture_end_to_end(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n")
     pytester.makepyfile(test_user=USER_TESTS)
-    result = pytester.runpytest("-p", "otelgate.testing", "-p", "no:cacheprovider", "-v")
+    # Loaded through its pytest11 entry point, as in a user's project that installed otelgate.
+    result = pytester.runpytest("-p", "no:cacheprovider", "-v")
     result.assert_outcomes(passed=7, failed=1)
     result.stdout.fnmatch_lines(["*test_wrong_expectation_fails FAILED*", "*assert 1 == 2*"])
 
@@ -116,12 +117,12 @@ def test_plugin_is_opt_in(pytester: pytest.Pytester) -> None:
             assert "otelgate.testing" in sys.modules
             assert not [name for name in ("otelgate.app", "otelgate.evals", "aiohttp") if name in sys.modules]
     """)
-    result = pytester.runpytest_subprocess("-p", "otelgate.testing", "-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
     # The same command-line options and ini keys with and without it (help text itself has timestamps of other
     # plugins in it).
-    with_plugin = _options(pytester.runpytest_subprocess("-p", "otelgate.testing", "--help").stdout.str())
-    without = _options(pytester.runpytest_subprocess("--help").stdout.str())
+    with_plugin = _options(pytester.runpytest_subprocess("--help").stdout.str())
+    without = _options(pytester.runpytest_subprocess("-p", "no:otelgate", "--help").stdout.str())
     assert with_plugin == without and "--verbose" in with_plugin[0] and "testpaths" in with_plugin[1]
 
 
@@ -133,5 +134,5 @@ def _options(help_text: str) -> tuple[set[str], set[str]]:
 
 def test_plugin_fixture_is_listed(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
-    result = pytester.runpytest("-p", "otelgate.testing", "--fixtures", "-p", "no:cacheprovider")
+    result = pytester.runpytest("--fixtures", "-p", "no:cacheprovider")
     result.stdout.fnmatch_lines(["otelgate_llm*", "*A factory*"])
