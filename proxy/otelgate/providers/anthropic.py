@@ -14,11 +14,13 @@ from otelgate.providers.base import (
     Route,
     StreamParser,
     TextRef,
+    json_int,
+    json_object,
     optional_bool,
     optional_int,
     require,
 )
-from otelgate.sse import SSEError, SSEParser
+from otelgate.sse import SSEError
 
 _ERROR_TYPES: dict[str, str] = {
     "invalid_request": "invalid_request_error",
@@ -42,36 +44,17 @@ def _apply_usage(result: Result, usage: dict[str, Any] | None) -> None:
         return
     u = result.usage
     # message_delta usage is cumulative; take the largest value seen for each field.
-    u.input_tokens = max(u.input_tokens, _int(usage.get("input_tokens")))
-    u.output_tokens = max(u.output_tokens, _int(usage.get("output_tokens")))
-    u.cache_read_tokens = max(u.cache_read_tokens, _int(usage.get("cache_read_input_tokens")))
-    u.cache_write_tokens = max(u.cache_write_tokens, _int(usage.get("cache_creation_input_tokens")))
+    u.input_tokens = max(u.input_tokens, json_int(usage.get("input_tokens")))
+    u.output_tokens = max(u.output_tokens, json_int(usage.get("output_tokens")))
+    u.cache_read_tokens = max(u.cache_read_tokens, json_int(usage.get("cache_read_input_tokens")))
+    u.cache_write_tokens = max(u.cache_write_tokens, json_int(usage.get("cache_creation_input_tokens")))
     u.known = True
-
-
-def _obj(value: Any) -> dict[str, Any]:
-    """A nested object from upstream JSON, or {} when the upstream sent something else in its place."""
-    return value if isinstance(value, dict) else {}
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 class AnthropicStreamParser(StreamParser):
     def __init__(self, result: Result) -> None:
         super().__init__(result)
-        self._sse = SSEParser()
-        self._complete = False
         self._blocks: dict[int, ToolCall] = {}
-
-    @property
-    def at_boundary(self) -> bool:
-        return self._sse.at_boundary
-
-    @property
-    def complete(self) -> bool:
-        return self._complete
 
     def feed(self, chunk: bytes) -> None:
         result = self.result
@@ -93,34 +76,34 @@ class AnthropicStreamParser(StreamParser):
             if not isinstance(data, dict):
                 raise SSEError(f"{name} event data is not a JSON object")
             if name == "message_start":
-                message = _obj(data.get("message"))
+                message = json_object(data.get("message"))
                 result.response_id = message.get("id")
                 result.response_model = message.get("model")
                 _apply_usage(result, message.get("usage"))
             elif name == "content_block_start":
-                block = _obj(data.get("content_block"))
+                block = json_object(data.get("content_block"))
                 if block.get("type") in ("tool_use", "server_tool_use"):
                     call = ToolCall(id=block.get("id", ""), name=block.get("name", ""))
                     self._blocks[data.get("index", 0)] = call
                     result.tool_calls.append(call)
             elif name == "message_delta":
-                reason = _obj(data.get("delta")).get("stop_reason")
+                reason = json_object(data.get("delta")).get("stop_reason")
                 if reason:
                     result.finish_reasons = [reason]
                 _apply_usage(result, data.get("usage"))
             elif name == "message_stop":
                 self._complete = True
             elif name == "error":
-                error = _obj(data.get("error"))
+                error = json_object(data.get("error"))
                 result.error_type = error.get("type", "error")
                 result.error_message = error.get("message")
 
     def _delta(self, raw: str) -> None:
         try:
-            data = _obj(json.loads(raw))
+            data = json_object(json.loads(raw))
         except ValueError:
             return
-        delta = _obj(data.get("delta"))
+        delta = json_object(data.get("delta"))
         if delta.get("type") == "input_json_delta":
             call = self._blocks.get(data.get("index", 0))
             if call is not None:

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from otelgate.context import Result, ToolResult
 from otelgate.errors import ErrorKind, GatewayError
+from otelgate.sse import SSEParser
 
 TextLocation = Literal["user", "tool_result", "system", "documents"]
 
@@ -43,24 +44,37 @@ class TextRef:
 
 
 class StreamParser(ABC):
-    """Reads an upstream SSE stream on the side: usage, ids, finish reasons, tool calls, first chunk."""
+    """Reads an upstream SSE stream on the side: usage, ids, finish reasons, tool calls, first chunk.
+
+    Subclasses read events from `self._sse` and set `self._complete` at the protocol-level end."""
 
     def __init__(self, result: Result) -> None:
         self.result = result
+        self._sse = SSEParser()
+        self._complete = False
 
     @abstractmethod
     def feed(self, chunk: bytes) -> None:
         """Consume bytes as relayed. Raises SSEError on a malformed stream."""
 
     @property
-    @abstractmethod
     def at_boundary(self) -> bool:
         """No partial event pending."""
+        return self._sse.at_boundary
 
     @property
-    @abstractmethod
     def complete(self) -> bool:
         """The stream reached its protocol-level end (message_stop / [DONE] / response.completed)."""
+        return self._complete
+
+
+def json_object(value: Any) -> dict[str, Any]:
+    """A nested object from upstream JSON, or {} when the upstream sent something else in its place."""
+    return value if isinstance(value, dict) else {}
+
+
+def json_int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 class Provider(ABC):

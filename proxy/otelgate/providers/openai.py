@@ -14,11 +14,13 @@ from otelgate.providers.base import (
     Route,
     StreamParser,
     TextRef,
+    json_int,
+    json_object,
     optional_bool,
     optional_int,
     require,
 )
-from otelgate.sse import SSEError, SSEParser
+from otelgate.sse import SSEError
 
 _ERROR_TYPES: dict[str, tuple[str, str]] = {
     "invalid_request": ("invalid_request_error", "invalid_request"),
@@ -36,45 +38,26 @@ _ERROR_TYPES: dict[str, tuple[str, str]] = {
 _MAX_TOKEN_FIELDS = {"chat_completions": ("max_completion_tokens", "max_tokens"), "responses": ("max_output_tokens",)}
 
 
-def _obj(value: Any) -> dict[str, Any]:
-    """A nested object from upstream JSON, or {} when the upstream sent something else in its place."""
-    return value if isinstance(value, dict) else {}
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
 def _apply_usage(result: Result, usage: Any) -> None:
     if not isinstance(usage, dict):
         return
     # Chat Completions: prompt/completion_tokens; Responses: input/output_tokens. Both count cached prompt
     # tokens inside the prompt total; split them out so `input_tokens` means uncached input everywhere.
-    prompt = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
+    prompt = json_int(usage.get("prompt_tokens", usage.get("input_tokens")))
     details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
-    cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    cached = json_int(details.get("cached_tokens")) if isinstance(details, dict) else 0
     u = result.usage
     u.input_tokens = max(prompt - cached, 0)
     u.cache_read_tokens = cached
-    u.output_tokens = _int(usage.get("completion_tokens", usage.get("output_tokens")))
+    u.output_tokens = json_int(usage.get("completion_tokens", usage.get("output_tokens")))
     u.known = True
 
 
 class ChatStreamParser(StreamParser):
     def __init__(self, result: Result) -> None:
         super().__init__(result)
-        self._sse = SSEParser()
-        self._complete = False
         self._calls: dict[int, ToolCall] = {}
         self._seen_first = False
-
-    @property
-    def at_boundary(self) -> bool:
-        return self._sse.at_boundary
-
-    @property
-    def complete(self) -> bool:
-        return self._complete
 
     def feed(self, chunk: bytes) -> None:
         result = self.result
@@ -123,11 +106,11 @@ class ChatStreamParser(StreamParser):
         for choice in payload.get("choices") or []:
             if not isinstance(choice, dict):
                 continue
-            delta = _obj(choice.get("delta"))
+            delta = json_object(choice.get("delta"))
             for call in delta.get("tool_calls") or []:
                 index = call.get("index", 0)
-                call = _obj(call)
-                function = _obj(call.get("function"))
+                call = json_object(call)
+                function = json_object(call.get("function"))
                 existing = self._calls.get(index)
                 if existing is None:
                     existing = ToolCall(id=call.get("id") or "", name=function.get("name") or "")
@@ -147,16 +130,6 @@ class ChatStreamParser(StreamParser):
 class ResponsesStreamParser(StreamParser):
     def __init__(self, result: Result) -> None:
         super().__init__(result)
-        self._sse = SSEParser()
-        self._complete = False
-
-    @property
-    def at_boundary(self) -> bool:
-        return self._sse.at_boundary
-
-    @property
-    def complete(self) -> bool:
-        return self._complete
 
     def feed(self, chunk: bytes) -> None:
         result = self.result
@@ -178,18 +151,18 @@ class ResponsesStreamParser(StreamParser):
                 raise SSEError(f"{name or 'an'} event data is not a JSON object")
             kind = data.get("type", name)
             if kind in ("response.created", "response.in_progress"):
-                response = _obj(data.get("response"))
+                response = json_object(data.get("response"))
                 result.response_id = response.get("id")
                 result.response_model = response.get("model")
             elif kind == "response.output_item.added":
-                item = _obj(data.get("item"))
+                item = json_object(data.get("item"))
                 if item.get("type") == "function_call":
                     result.tool_calls.append(ToolCall(id=item.get("call_id", ""), name=item.get("name", "")))
             elif kind == "response.output_text.delta" and result.output_text is not None:
                 result.output_text.append(str(data.get("delta", "")))
             elif kind in ("response.completed", "response.incomplete", "response.failed"):
                 self._complete = True
-                _parse_response_object(_obj(data.get("response")), result)
+                _parse_response_object(json_object(data.get("response")), result)
             elif kind == "error":
                 result.error_type = str(data.get("code") or "error")
                 result.error_message = data.get("message")
