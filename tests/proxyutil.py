@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,11 +66,16 @@ class Gateway:
 
 @contextlib.asynccontextmanager
 async def gateway(
-    config: dict[str, Any] | Settings | None = None, sim: Any = None, *, telemetry: Any = "default", **kw: Any
+    config: dict[str, Any] | Settings | None = None,
+    sim: Any = None,
+    *,
+    telemetry: Any = "default",
+    extra_filters: Sequence[Any] = (),
+    **kw: Any,
 ) -> AsyncIterator[Gateway]:
     settings = settings_for(config, sim)
     tel = make_telemetry(settings, **kw) if telemetry == "default" else telemetry
-    app = create_app(settings, telemetry=tel)
+    app = create_app(settings, telemetry=tel, extra_filters=extra_filters)
     runner = runner_for(app, settings)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

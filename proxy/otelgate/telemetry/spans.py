@@ -379,6 +379,10 @@ def finish(
     attributes = server.attributes
     if ctx.status is not None:
         attributes[sc.HTTP_RESPONSE_STATUS_CODE] = ctx.status
+    for name, value in ctx.log_fields.items():
+        # Labels other stages attach to a call (e.g. eval.case) tag its trace too; never content or secrets.
+        if isinstance(value, str | bool | int | float):
+            attributes.setdefault(name, value)
     server_status = _UNSET
     if (ctx.status is not None and ctx.status >= 500) or ctx.outcome in ("gateway_error", "stream_error"):
         attributes[sc.ERROR_TYPE] = err or str(ctx.status)
