@@ -54,6 +54,8 @@ from bench._util import (
 )
 from bench.peers.targets import TARGETS, Env, Running, describe, litellm_version
 
+# Ratios of added latency are left out where the base adds less than this (ms): below it they measure noise.
+ADDED_FLOOR = 0.25
 MODES = {"non-streaming": BODY, "streaming": {**BODY, "stream": True}}
 
 
@@ -117,8 +119,10 @@ def measure(name: str, running: Running, args: argparse.Namespace) -> list[Row]:
 
 
 # --- report ----------------------------------------------------------------------------------------------------
-def _ratio(value: float | None, base: float | None) -> str:
-    if value is None or base is None or base <= 0 or math.isnan(value) or math.isnan(base):
+def _ratio(value: float | None, base: float | None, floor: float = 0.0) -> str:
+    """value / base; "-" when either is missing or the base is at most `floor` (a ratio to almost nothing is
+    noise: added latencies of a few tenths of a millisecond are within run-to-run variation)."""
+    if value is None or base is None or math.isnan(value) or math.isnan(base) or base <= max(floor, 0.0):
         return "-"
     return f"{value / base:.2f}"
 
@@ -162,10 +166,11 @@ def report(rows: list[Row]) -> str:
             out.append(
                 f"| {mode} | {r.target} | {r.paced_rate:.0f} | {_num(r.p50)} | {_num(r.p99)} | "
                 f"{_num(added(r, 'p50'))} | "
-                f"{_ratio(added(r, 'p50'), added(fwd, 'p50'))} | {_ratio(added(r, 'p50'), added(llm, 'p50'))} | "
+                f"{_ratio(added(r, 'p50'), added(fwd, 'p50'), ADDED_FLOOR)} | "
+                f"{_ratio(added(r, 'p50'), added(llm, 'p50'), ADDED_FLOOR)} | "
                 f"{_num(added(r, 'p99'))} | {_num(r.ttft_p50) if stream else '-'} | "
-                f"{_num(added(r, 'ttft_p50'))} | {_ratio(added(r, 'ttft_p50'), added(fwd, 'ttft_p50'))} | "
-                f"{_ratio(added(r, 'ttft_p50'), added(llm, 'ttft_p50'))} | {_num(added(r, 'ttft_p99'))} |")
+                f"{_num(added(r, 'ttft_p50'))} | {_ratio(added(r, 'ttft_p50'), added(fwd, 'ttft_p50'), ADDED_FLOOR)} | "
+                f"{_ratio(added(r, 'ttft_p50'), added(llm, 'ttft_p50'), ADDED_FLOOR)} | {_num(added(r, 'ttft_p99'))} |")
     return "\n".join(out)
 
 

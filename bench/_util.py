@@ -315,10 +315,23 @@ def py_spy(pid: int, seconds: float, out: Path, cores: str | None) -> subprocess
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def summarise_profile(path: Path, top: int = 15) -> str:
-    """Self and inclusive sample shares per function from py-spy's collapsed stacks ("f1;f2;f3 count")."""
+def _module(frame: str) -> str:
+    """Where a frame's code lives, coarsely: otelgate/<module or subpackage>, else the top-level package."""
+    if frame.startswith("process "):  # py-spy's per-process root pseudo-frame
+        return "(process)"
+    found = re.search(r"\(([^():]*):\d+\)$", frame)
+    path = found.group(1) if found else ""
+    if path.startswith("otelgate/"):
+        parts = path.split("/")
+        return "/".join(parts[:3]) if parts[1] == "filters" else "/".join(parts[:2])
+    return path.split("/")[0] or "?"
+
+
+def summarise_profile(path: Path, top: int = 12) -> str:
+    """From py-spy's collapsed stacks ("f1;f2;f3 count"): self time per function, and inclusive time per module
+    (otelgate's own per filter or subpackage; libraries per package) — where the CPU goes, by feature."""
     own: dict[str, int] = {}
-    inclusive: dict[str, int] = {}
+    modules: dict[str, int] = {}
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -329,15 +342,17 @@ def summarise_profile(path: Path, top: int = 15) -> str:
                   for f in stack.split(";")]
         total += count
         own[frames[-1]] = own.get(frames[-1], 0) + count
-        for frame in set(frames):
-            inclusive[frame] = inclusive.get(frame, 0) + count
+        for module in {_module(f) for f in frames}:
+            modules[module] = modules.get(module, 0) + count
     if not total:
         return "  (no samples)"
-    lines = [f"  {total} samples; self time:"]
+    lines = [f"  {total} on-CPU samples; self time:"]
     lines += [f"    {100 * n / total:5.1f}%  {f}" for f, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]]
-    lines.append("  inclusive, otelgate frames:")
-    ours = [(f, n) for f, n in inclusive.items() if "otelgate/" in f]
-    lines += [f"    {100 * n / total:5.1f}%  {f}" for f, n in sorted(ours, key=lambda kv: -kv[1])[:top]]
+    lines.append("  inclusive, by module (a stack counts once per module in it):")
+    skip = {"otelgate/__main__.py", "otelgate/cli.py", "otelgate/server.py", "threading.py", "<frozen runpy>",
+            "(process)"}
+    ranked = [(m, n) for m, n in sorted(modules.items(), key=lambda kv: -kv[1]) if m not in skip]
+    lines += [f"    {100 * n / total:5.1f}%  {m}" for m, n in ranked[: top + 6]]
     return "\n".join(lines)
 
 
