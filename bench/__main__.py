@@ -352,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print("\nProblems:\n" + "\n".join(f"- {p}" for p in problems))
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "command": command, "machine": info, "rows": [asdict(r) for r in rows],
             "soak": asdict(soak_result) if soak_result else None, "problems": problems,
