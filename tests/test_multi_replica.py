@@ -4,13 +4,15 @@ Real processes throughout: a redis-server, the simulated upstream and two `pytho
 with the same config. Agents (the official Anthropic SDK) alternate between the replicas, as a round-robin load
 balancer would send them. What one replica admits, the other sees: a daily budget or a requests-per-minute limit
 allows no more in total across both than one process alone (docs/scaling.md, docs/budgets.md "The overspend
-bound").
+bound"). Both export telemetry to one OTLP receiver standing in for the Collector, as one service with two
+instances.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import subprocess
 import sys
@@ -26,6 +28,7 @@ import pytest
 import yaml
 
 from otelgate.config import key_hash
+from otlp_receiver import OtlpReceiver
 from redisutil import RedisServer, redis_fixture
 
 redis_server = redis_fixture(scope="module")
@@ -37,7 +40,7 @@ PRICE = {"input": 1000.0, "output": 1000.0}  # $0.001 per token
 FIXED = json.dumps({"text": "one two three four five", "usage": {"input_tokens": 10, "output_tokens": 5}})
 DAILY_USD = 0.30
 RPM = 6
-KEYS = {name: f"sk-ant-{name}-SECRET" for name in ("alone", "shared", "burst", "paced")}
+KEYS = {name: f"sk-ant-{name}-SECRET" for name in ("alone", "shared", "burst", "paced", "traced")}
 LISTENING = re.compile(r"otelgate listening on (http://[\d.]+:\d+)")
 SIM_LISTENING = re.compile(r"(http://127\.0\.0\.1:\d+)")
 
@@ -45,8 +48,9 @@ SIM_LISTENING = re.compile(r"(http://127\.0\.0\.1:\d+)")
 class Proc:
     """A subprocess whose stderr+stdout is read on a thread; `wait_for` blocks until a line matches."""
 
-    def __init__(self, cmd: list[str], cwd: Path) -> None:
-        self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    def __init__(self, cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env={**os.environ, **(env or {})})
         self.lines: list[str] = []
         self._changed = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
@@ -84,8 +88,9 @@ def _config(redis_url: str, sim_url: str) -> dict[str, Any]:
     budget = [{"window": "day", "usd": DAILY_USD}]
     keys: list[dict[str, Any]] = [
         {"id": name, "key_sha256": key_hash(secret), "budgets": budget}
-        for name, secret in KEYS.items() if name != "paced"
+        for name, secret in KEYS.items() if name not in ("paced", "traced")
     ]
+    keys.append({"id": "traced", "key_sha256": key_hash(KEYS["traced"])})
     keys.append({"id": "paced", "key_sha256": key_hash(KEYS["paced"]), "limits": {"requests_per_minute": RPM}})
     return {
         "server": {"host": "127.0.0.1", "port": 0},
@@ -95,13 +100,44 @@ def _config(redis_url: str, sim_url: str) -> dict[str, Any]:
         # Two processes under test on a shared machine: the store call may wait for its turn (docs/budgets.md).
         "budgets": {"store": redis_url, "store_timeout": 5.0, "pricing": {MODEL: PRICE}},
         "screening": {"mode": "off"},
-        "telemetry": {"enabled": False},
+        "telemetry": {"prometheus": False},
     }
 
 
+class Collector:
+    """The OTLP receiver standing in for the Collector, on its own event loop in a thread (the replicas are
+    module-scoped; each test has its own loop)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.rx = OtlpReceiver()
+        asyncio.run_coroutine_threadsafe(self.rx.__aenter__(), self.loop).result(10)
+
+    def wait_for(self, predicate: Any, timeout: float = 15.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(self.rx.wait_for(predicate, timeout), self.loop).result()
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.rx.__aexit__(None, None, None), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
 @pytest.fixture(scope="module")
-def replicas(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
-    """Two replicas with one config (one Redis), and the simulated upstream they both call."""
+def collector() -> Iterator[Collector]:
+    c = Collector()
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.fixture(scope="module")
+def replicas(redis_server: RedisServer, collector: Collector,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+    """Two replicas with one config (one Redis, one Collector), and the simulated upstream they both call."""
     work = tmp_path_factory.mktemp("replicas")
     started: list[Proc] = []
     try:
@@ -110,8 +146,11 @@ def replicas(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
         sim_url = sim.wait_for(SIM_LISTENING).group(1)
         path = work / "otelgate.yaml"
         path.write_text(yaml.safe_dump(_config(redis_server.url, sim_url)))
+        # Short export delays so the test need not wait the SDK's default 5 s for a batch.
+        otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.rx.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                "OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_BLRP_SCHEDULE_DELAY": "100", "OTEL_SERVICE_NAME": "gateway"}
         for _ in range(2):
-            started.append(Proc([sys.executable, "-m", "otelgate", "serve", "--config", str(path)], work))
+            started.append(Proc([sys.executable, "-m", "otelgate", "serve", "--config", str(path)], work, otel))
         yield [proc.wait_for(LISTENING).group(1) for proc in started[1:]]
     finally:
         for proc in started:
@@ -123,10 +162,10 @@ def _client(url: str, key: str) -> anthropic.AsyncAnthropic:
                                     default_headers={"x-sim-fault": FIXED})
 
 
-async def _ask(client: anthropic.AsyncAnthropic) -> int:
+async def _ask(client: anthropic.AsyncAnthropic, model: str = MODEL) -> int:
     """200 when served; the refusal's status otherwise."""
     try:
-        await client.messages.create(model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+        await client.messages.create(model=model, max_tokens=10, messages=[{"role": "user", "content": "hi"}])
         return 200
     except anthropic.APIStatusError as exc:
         assert exc.status_code == 429, exc
@@ -196,5 +235,24 @@ async def test_a_rate_limit_holds_across_replicas(replicas: list[str]) -> None:
     served = results.count(200)
     assert RPM <= served <= RPM + int(elapsed * RPM / 60)
     assert results[:RPM] == [200] * RPM
+    for client in clients:
+        await client.close()
+
+
+async def test_both_replicas_report_to_one_collector_as_two_instances(
+    replicas: list[str], collector: Collector
+) -> None:
+    clients = [_client(replicas[0], "traced"), _client(replicas[1], "traced")]
+    for n in range(4):  # a model of its own tells this test's calls from the other tests'
+        assert await _ask(clients[n % 2], model="traced-model") == 200
+
+    def calls() -> list[Any]:
+        return [s for s in collector.rx.spans() if s.name == "chat traced-model"]
+
+    spans = collector.wait_for(lambda: len(calls()) >= 4 and calls())
+    assert len(spans) == 4
+    # One service, two instances: a query can sum them or tell them apart.
+    assert {s.resource.get("service.name") for s in spans} == {"gateway"}
+    assert len({s.resource.get("service.instance.id") for s in spans}) == 2
     for client in clients:
         await client.close()
