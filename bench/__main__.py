@@ -257,6 +257,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.rate = args.rate or (50 if quick else 100)
     args.paced_seconds = args.paced_seconds or (2 if quick else 5)
     args.soak = (0 if quick else 100_000) if args.soak is None else args.soak
+    if args.soak_target not in TARGETS or args.soak_target == "direct":
+        parser.error(f"--soak-target: one of {', '.join(n for n in TARGETS if n != 'direct')}")
     return args
 
 
@@ -325,14 +327,18 @@ def main(argv: list[str] | None = None) -> int:
                     stop(running.proc)
         if args.soak:
             print(f"soak: {args.soak} requests through {args.soak_target} ...", flush=True)
-            running = TARGETS[args.soak_target].start(env)
+            running = None
             try:
+                running = TARGETS[args.soak_target].start(env)
                 smoke(running.url)
                 assert running.pid is not None
                 soak_result = asyncio.run(soak(running.url + "/v1/messages", HEADERS, running.pid, args.soak,
                                                max(1, args.soak // 20), args.soak_concurrency))
+            except Exception as exc:
+                problems.append(f"soak {args.soak_target}: {type(exc).__name__}: {exc}")
+                print(f"  FAILED: {problems[-1]}", flush=True)
             finally:
-                if running.proc:
+                if running and running.proc:
                     stop(running.proc)
         with contextlib.suppress(OSError, ValueError):
             with urllib.request.urlopen(f"http://127.0.0.1:{sink_port}/stats", timeout=5) as response:
@@ -342,8 +348,8 @@ def main(argv: list[str] | None = None) -> int:
             redis.close()
         for proc in reversed(background):
             stop(proc)
-        if args.keep:
-            print(f"work directory kept: {workdir}")
+        if args.keep or problems:  # the targets' logs say why one failed
+            print(f"work directory kept (configs, logs): {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     print("\n" + report(rows))
