@@ -37,6 +37,21 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("jwt", re.compile(r"(?<![\w-])eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")),
 )
 
+# A literal every match of the pattern contains: `literal in text` is a C-speed scan, while a regex starting with a
+# look-behind cannot skip ahead to its prefix and walks every position (about 0.2 ms per kB of text for the set).
+_LITERALS: dict[str, tuple[str, ...]] = {
+    "private_key": ("PRIVATE KEY",),
+    "anthropic_api_key": ("sk-ant-",),
+    "openai_api_key": ("sk-",),
+    "aws_access_key_id": ("AKIA", "ASIA", "ABIA", "ACCA"),
+    "github_token": ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+    "slack_token": ("xox",),
+    "slack_webhook": ("hooks.slack.com",),
+    "google_api_key": ("AIza",),
+    "jwt": ("eyJ",),
+}
+_ASSIGNMENT_WORDS = ("key", "secret", "token", "passw")
+
 # key = value where the name says secret and the value is long and random-looking.
 _ASSIGNMENT_RE = re.compile(
     r"""(?ix)
@@ -66,13 +81,22 @@ def find_secrets(text: str) -> list[SecretMatch]:
     """Every credential-looking span in ``text``, sorted by position, without overlaps."""
     found: list[SecretMatch] = []
     for kind, pattern in _PATTERNS:
+        if not any(literal in text for literal in _LITERALS[kind]):
+            continue
         for m in pattern.finditer(text):
             found.append(SecretMatch(kind, m.start(), m.end()))
+    lowered = text.lower()
+    if not any(word in lowered for word in _ASSIGNMENT_WORDS):
+        return _without_overlaps(found)
     for m in _ASSIGNMENT_RE.finditer(text):
         value = m.group("value").rstrip(".")
         if _looks_random(value):
             start = m.start("value")
             found.append(SecretMatch("generic_secret", start, start + len(value)))
+    return _without_overlaps(found)
+
+
+def _without_overlaps(found: list[SecretMatch]) -> list[SecretMatch]:
     found.sort(key=lambda s: (s.start, -(s.end - s.start)))
     merged: list[SecretMatch] = []
     for s in found:
