@@ -23,6 +23,9 @@ def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
 
 
+_BOUNDS: dict[tuple[str, str], tuple[float, float]] = {}  # (kind, tz) -> the current calendar window
+
+
 @dataclass(frozen=True)
 class Window:
     """When spend counts. Build with ``Window.day()``, ``.month()``, ``.hours(n)``, ``.session(ttl)``."""
@@ -100,6 +103,16 @@ class Window:
     # -- boundaries -----------------------------------------------------------------------------------
     def calendar_bounds(self, now: float) -> tuple[float, float]:
         """[start, end) of the day or month that contains ``now``, in the window's timezone."""
+        # Every reserve asks for every limit's bounds: reuse them until the window rolls over (building them with
+        # zoneinfo was 3 % of the proxy's CPU).
+        cached = _BOUNDS.get((self.kind, self.tz))
+        if cached is not None and cached[0] <= now < cached[1]:
+            return cached
+        bounds = self._calendar_bounds(now)
+        _BOUNDS[(self.kind, self.tz)] = bounds
+        return bounds
+
+    def _calendar_bounds(self, now: float) -> tuple[float, float]:
         zone = _zone(self.tz)
         local = datetime.fromtimestamp(now, zone)
         if self.kind == "day":
