@@ -76,8 +76,10 @@ class Pipeline:
                 ctx.outcome = "client_disconnected"
                 raise
             except ConnectionResetError:
+                # The agent went away while we wrote to it. Nothing can reach it any more; returning a response
+                # lets aiohttp note the disconnect quietly instead of logging a traceback per dropped client.
                 ctx.outcome = "client_disconnected"
-                raise
+                return web.Response(status=499)
             except Exception:
                 log.exception("unexpected error handling %s %s", request.method, request.path)
                 ctx.outcome = "gateway_error"
