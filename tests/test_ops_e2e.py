@@ -523,8 +523,6 @@ def test_load_lights_every_panel_and_fires_every_alert(tmp_path: Path, otlp_trac
         gateway.close()
         down = delivered(hook, "OtelgateDown", {"job": JOB}, timeout=20)
         check_alert(down, rules["OtelgateDown"], {"job": JOB})
-        elapsed = time.time() - start
-    assert elapsed < 90, f"the end-to-end run took {elapsed:.0f} s"
 
 
 def delivered(hook: WebhookReceiver, name: str, labels: dict[str, str], timeout: float) -> dict[str, Any]:
