@@ -66,24 +66,31 @@ class Pipeline:
                 for stage in self._request_hooks:
                     ran.append(stage)
                     await stage.request(ctx)
-                return await self._exchange(ctx)
+                response = await self._exchange(ctx)
             except GatewayError as error:
                 if ctx.outcome == "ok":
                     ctx.outcome = "rejected"
                     ctx.rejected_reason = error.reason
-                return self._error_response(ctx, error)
+                response = self._error_response(ctx, error)
             except asyncio.CancelledError:
                 ctx.outcome = "client_disconnected"
                 raise
             except ConnectionResetError:
-                # The agent went away while we wrote to it. Nothing can reach it any more; returning a response
-                # lets aiohttp note the disconnect quietly instead of logging a traceback per dropped client.
                 ctx.outcome = "client_disconnected"
-                return web.Response(status=499)
+                return _gone()
             except Exception:
                 log.exception("unexpected error handling %s %s", request.method, request.path)
                 ctx.outcome = "gateway_error"
-                return self._error_response(ctx, GatewayError("api_error", "internal gateway error", status=500))
+                response = self._error_response(ctx, GatewayError("api_error", "internal gateway error", status=500))
+            # Put the answer on the wire before settlement and telemetry run, so the agent never waits for them.
+            if not response.prepared:
+                try:
+                    await response.prepare(request)
+                    await response.write_eof()
+                except ConnectionResetError:
+                    ctx.outcome = "client_disconnected"
+                    return _gone()
+            return response
         finally:
             self.inflight -= 1
             if ran:
@@ -265,6 +272,12 @@ def _decode_request_body(body: bytes, encoding: str, limit: int) -> bytes:
     if len(data) > limit or decoder.unconsumed_tail:
         raise GatewayError("too_large", f"decoded request body exceeds the limit of {limit} bytes", reason="too_large")
     return data
+
+
+def _gone() -> web.Response:
+    """For an agent that went away while we wrote to it: nothing can reach it any more, and returning a response
+    lets aiohttp note the disconnect quietly instead of logging a traceback per dropped client."""
+    return web.Response(status=499)
 
 
 async def _read_limited(request: web.Request, limit: int) -> bytes:
