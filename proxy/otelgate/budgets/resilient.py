@@ -130,14 +130,11 @@ class ResilientLedger(Ledger):
             self.stats.shed += 1
             raise StoreUnavailable(f"budget store unavailable: no answer within {self.timeout:g} s")
 
-        async def tracked() -> T:
-            out = await fn()
-            self._last_ok = time.monotonic()
-            self._stalls = 0
-            return out
-
         try:
-            return await asyncio.wait_for(tracked(), bound)
+            # asyncio.timeout cancels the call in place; wait_for (3.11) wrapped every store call in a Task of
+            # its own plus a helper coroutine, a measurable share of the proxy's CPU at three calls per request.
+            async with asyncio.timeout(bound):
+                out = await fn()
         except TimeoutError as e:
             if self._progress() > started:
                 # Congestion, not an outage: the store kept answering; only this request is refused.
@@ -153,6 +150,9 @@ class ResilientLedger(Ledger):
             self.stats.errors += 1
             self._mark_down(f"{type(e).__name__}: {e}")
             raise StoreUnavailable(f"budget store unavailable: {type(e).__name__}") from e
+        self._last_ok = time.monotonic()
+        self._stalls = 0
+        return out
 
     async def _healthy(self, deadline: float) -> bool:
         """True when calls should go to the store. While it is down: False, except that every

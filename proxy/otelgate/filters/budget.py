@@ -81,13 +81,41 @@ def configured_limits(settings: Settings, key_id: str | None = None) -> list[Lim
     return out
 
 
-def principal_limits(settings: Settings, principal: Principal, session_id: str | None) -> list[Limit]:
+def _standing_limits(settings: Settings, principal: Principal) -> list[Limit]:
     tz = settings.budgets.timezone
     specs = principal.key.budgets if principal.key is not None else settings.defaults.budgets
     out = [spec_limit("key", principal.key_id, spec, tz) for spec in specs]
     if principal.team_config is not None:
         out += [spec_limit("team", principal.team_config.id, spec, tz) for spec in principal.team_config.budgets]
     out += [spec_limit("global", "all", spec, tz) for spec in settings.budgets.global_budgets]
+    return out
+
+
+class LimitCache:
+    """The key, team and global limits of each caller, built once per caller rather than per request (the
+    config does not change under a running filter). An entry is only reused for the very same key and team
+    config objects; the cache is bounded, since unlisted pass-through keys are unbounded in number."""
+
+    MAX = 4096
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._by_key: dict[str, tuple[object, object, tuple[Limit, ...]]] = {}
+
+    def standing(self, principal: Principal) -> tuple[Limit, ...]:
+        hit = self._by_key.get(principal.key_id)
+        if hit is not None and hit[0] is principal.key and hit[1] is principal.team_config:
+            return hit[2]
+        limits = tuple(_standing_limits(self.settings, principal))
+        if len(self._by_key) >= self.MAX:
+            self._by_key.clear()
+        self._by_key[principal.key_id] = (principal.key, principal.team_config, limits)
+        return limits
+
+
+def principal_limits(settings: Settings, principal: Principal, session_id: str | None,
+                     cache: LimitCache | None = None) -> list[Limit]:
+    out = list(cache.standing(principal)) if cache is not None else _standing_limits(settings, principal)
     caps = principal.limits.session
     if session_id and caps is not None and (caps.max_calls or caps.max_tokens or caps.max_usd):
         window = Window.session(settings.budgets.session_ttl_seconds)
@@ -140,6 +168,7 @@ class BudgetFilter:
         self.pricing = make_pricing(settings)
         self.ledger: Ledger | None = None
         self.alerter: BudgetAlerter | None = None
+        self.limit_cache = LimitCache(settings)
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -180,7 +209,7 @@ class BudgetFilter:
     async def request(self, ctx: RequestContext) -> None:
         if not ctx.route.generates or ctx.principal is None or ctx.json is None or ctx.model is None:
             return
-        limits = principal_limits(self.settings, ctx.principal, ctx.session_id)
+        limits = principal_limits(self.settings, ctx.principal, ctx.session_id, self.limit_cache)
         hold = _Hold(limits, self.worst_case(ctx))
         ctx.state[NAME] = hold
         if not limits:
