@@ -22,8 +22,12 @@ MAX_DECODED_CHARS = 16384
 _MIN_TOKEN = 16
 _B64_RE = re.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}")
 _HEX_RE = re.compile(r"(?:\\x[0-9a-fA-F]{2}){6,}|(?<![0-9a-fA-F])(?:[0-9a-fA-F]{2}[ :]?){8,}(?![0-9a-fA-F])")
-_HEX_TOKEN_RE = re.compile(r"[0-9a-fA-F]{2}")
 _URL_RE = re.compile(r"\S*(?:%[0-9a-fA-F]{2}\S*){3,}")
+# The regex above, run over a whole text, backtracks through every long run of non-space characters (a 4 KB
+# document costs ~1 ms). A match cannot cross whitespace and, when a token holds 3 or more escapes, is that whole
+# token; so each token holding "%" is tested by counting its escapes instead (same payloads, checked in tests).
+_PCT_RE = re.compile(r"%[0-9a-fA-F]{2}")
+_HEX_TOKEN_RE = re.compile(r"[0-9a-fA-F]{2}")
 # rot13 of words that carry injections (ignore, previous, instructions, system, prompt, disregard, forget,
 # reveal, password, secret) — spotting one is what justifies decoding the whole text.
 _ROT13_HINTS = frozenset(
@@ -88,14 +92,16 @@ def _hex(segment: str) -> str | None:
 def _candidates(text: str, words: str) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     tokens = text.split()
-    long_tokens = [t for t in tokens if len(t) >= _MIN_TOKEN]
+    lengths = list(map(len, tokens))
+    long_tokens = [t for t in tokens if len(t) >= _MIN_TOKEN] if max(lengths, default=0) >= _MIN_TOKEN else []
     for tok in long_tokens:
         for m in _B64_RE.finditer(tok):
             decoded = _b64(m.group(0))
             if decoded:
                 found.append(("base64", decoded))
     hex_sources = long_tokens
-    if sum(1 for t in tokens if len(t) == 2 and _HEX_TOKEN_RE.fullmatch(t)) >= 8:
+    # (counting two-character tokens at C speed first: most texts have too few for the exact count to matter)
+    if lengths.count(2) >= 8 and sum(1 for t in tokens if len(t) == 2 and _HEX_TOKEN_RE.fullmatch(t)) >= 8:
         hex_sources = [text]
     for src in hex_sources:
         for m in _HEX_RE.finditer(src):
@@ -103,10 +109,11 @@ def _candidates(text: str, words: str) -> list[tuple[str, str]]:
             if decoded:
                 found.append(("hex", decoded))
     if "%" in text:
-        for m in _URL_RE.finditer(text):
-            decoded = unquote_plus(m.group(0))
-            if decoded != m.group(0):
-                found.append(("url", decoded))
+        for tok in tokens:
+            if "%" in tok and len(_PCT_RE.findall(tok)) >= 3:
+                decoded = unquote_plus(tok)
+                if decoded != tok:
+                    found.append(("url", decoded))
     if not _ROT13_HINTS.isdisjoint(words.split()) or "rot 13" in words:
         found.append(("rot13", codecs.encode(text, "rot13")))
     return found

@@ -62,7 +62,7 @@ class Rule:
     source: str
     # The same patterns prepared for fast searching (see _fast_pattern); derived from ``patterns``.
     fast: tuple[tuple[re.Pattern[str], bool], ...] = ()
-    # Per pattern: the 4-letter token beginnings a match must start with (None: unknown); see _lead_prefixes.
+    # Per pattern: the literal token beginnings a match must start with (None: unknown); see _lead_heads.
     leads: tuple[frozenset[str] | None, ...] = ()
 
 
@@ -117,7 +117,7 @@ def _rule_from_dict(raw: Any, source: str, index: int) -> Rule:
     whole = frozenset(k.lower() for k in keywords if not k.endswith("*"))
     prefixes = frozenset(k.lower().rstrip("*")[:4] for k in keywords if k.endswith("*"))
     fast = tuple(_fast_pattern(p) for p in patterns)
-    leads = tuple(_lead_prefixes(p) if view == "words" else None for p in patterns)
+    leads = tuple(_lead_heads(p) if view == "words" else None for p in patterns)
     return Rule(rid, category, float(weight), tuple(languages), tuple(compiled), view, whole, prefixes, source,
                 fast, leads)
 
@@ -145,7 +145,7 @@ def _top_level_alternation(src: str) -> bool:
     return False
 
 
-_LITERAL_RE = re.compile(r"[a-z0-9]*")
+_LITERAL_RE = re.compile(r"[^\W_]*")  # letters and digits, any script: literal text in a regex
 
 
 def _split_top(src: str) -> list[str]:
@@ -176,14 +176,12 @@ def _split_top(src: str) -> list[str]:
     return parts
 
 
-def _lead_prefixes(src: str) -> frozenset[str] | None:
-    """For a words-view pattern ``\\b(?:alt1|alt2...)rest`` or ``\\bword rest``: the 4-letter beginnings of the
-    tokens a match can start with, or None when that cannot be read off the pattern. A match starts at a word
-    boundary, which in the words view is the start of a token, so a text none of whose tokens begins with one
-    of these prefixes cannot match and the search is skipped."""
-    if not src.startswith("\\b") or _top_level_alternation(src):
+def _branch_heads(branch: str) -> list[str] | None:
+    """The literal text a match of ``\\b(?:alt1|alt2...)rest`` or ``\\bword rest`` starts with, per
+    alternative, or None when that cannot be read off the branch."""
+    if not branch.startswith("\\b"):
         return None
-    body = src[2:]
+    body = branch[2:]
     if body.startswith("(?:"):
         depth = 0
         end = -1
@@ -201,18 +199,35 @@ def _lead_prefixes(src: str) -> frozenset[str] | None:
                     end = i
                     break
             i += 1
-        if end == -1 or body[end + 1:end + 2] in ("?", "*", "{"):
+        if end == -1 or body[end + 1:end + 2] in ("?", "*", "{", "+"):
             return None
         alternatives = _split_top(body[3:end])
     else:
         alternatives = [body]
-    out = set()
+    out = []
     for alt in alternatives:
         lead = _LITERAL_RE.match(alt).group(0)  # type: ignore[union-attr]
-        if len(lead) < 4 or alt[len(lead):len(lead) + 1] in ("?", "*", "{"):
-            return None  # too short to gate on, or its last letter is optional
-        out.add(lead[:4])
-    return frozenset(out)
+        if alt[len(lead):len(lead) + 1] in ("?", "*", "{"):
+            lead = lead[:-1]  # its last letter is optional
+        if not lead:
+            return None
+        out.append(lead)
+    return out
+
+
+def _lead_heads(src: str) -> frozenset[str] | None:
+    """For a words-view pattern whose every top-level branch starts ``\\b`` + literal letters (``\\bword ...``,
+    ``\\b(?:alt1|alt2...)...``): the literal beginnings a match must start with, or None when that cannot be
+    read off the pattern. In the words view a word boundary before a letter is the start of a token, so a match
+    can only start at a token beginning with one of these heads: the engine tries the pattern only there
+    (``pattern.match`` at each such position), which finds a match exactly when ``pattern.search`` would."""
+    heads: set[str] = set()
+    for branch in _split_top(src):
+        got = _branch_heads(branch)
+        if got is None:
+            return None
+        heads.update(got)
+    return frozenset(heads)
 
 
 def _fast_pattern(src: str) -> tuple[re.Pattern[str], bool]:
@@ -317,6 +332,17 @@ def _keyword_spans(words: str, whole: set[str], prefixes: set[str]) -> list[tupl
     return aligned
 
 
+def _token_starts(padded: str, head: str) -> list[int]:
+    """Offsets in the words view (``padded`` is it with one leading space) of the tokens starting with ``head``."""
+    needle = " " + head
+    out = []
+    i = padded.find(needle)
+    while i != -1:
+        out.append(i)
+        i = padded.find(needle, i + 1)
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ the screener
 
 
@@ -351,8 +377,11 @@ class Screener:
             tokens = words.split(" ") if words else []
         token_set = set(tokens)
         prefix_set = {t[:4] for t in token_set}
-        # Short texts are searched whole; in longer ones a words-view rule only searches the stretches around
-        # its keywords, which is what keeps a 4 KB message within the latency budget.
+        padded = " " + words
+        # head -> start offsets in ``words`` of the tokens beginning with it (computed once per text).
+        starts: dict[str, list[int]] = {}
+        # Patterns whose heads are unknown: short texts are searched whole; in longer ones only the stretches
+        # around the rule's keywords, which keeps a 4 KB message within the latency budget.
         windowed = len(words) > _WINDOW_MIN_CHARS
         hits: list[Rule] = []
         for rule in self._gated:
@@ -361,21 +390,33 @@ class Screener:
             if not found_kw and not found_px:
                 continue
             if rule.view == "folded":
-                matched = any(_search(f, norm.folded) for f in rule.fast)
-                if matched:
+                if any(_search(f, norm.folded) for f in rule.fast):
                     hits.append(rule)
                 continue
-            fast = [f for f, lead in zip(rule.fast, rule.leads, strict=True)
-                    if lead is None or not lead.isdisjoint(prefix_set)]
-            if not fast:
-                continue
-            if not windowed:
-                matched = any(_search(f, words) for f in fast)
-            else:
-                spans = _keyword_spans(words, found_kw, found_px)
-                matched = any(_search(f, words, lo, hi) for f in fast for lo, hi in spans)
-            if matched:
-                hits.append(rule)
+            matched = False
+            spans: list[tuple[int, int]] | None = None
+            for pattern, fast, heads in zip(rule.patterns, rule.fast, rule.leads, strict=True):
+                if heads is None:
+                    if not windowed:
+                        matched = _search(fast, words)
+                    else:
+                        if spans is None:
+                            spans = _keyword_spans(words, found_kw, found_px)
+                        matched = any(_search(fast, words, lo, hi) for lo, hi in spans)
+                else:
+                    match = pattern.match
+                    for head in heads:
+                        if head[:4] not in prefix_set and len(head) >= 4:
+                            continue
+                        at = starts.get(head)
+                        if at is None:
+                            at = starts[head] = _token_starts(padded, head)
+                        if any(match(words, pos) for pos in at):
+                            matched = True
+                            break
+                if matched:
+                    hits.append(rule)
+                    break
         for rule in self._always:
             text = words if rule.view == "words" else norm.folded
             if any(_search(f, text) for f in rule.fast):
