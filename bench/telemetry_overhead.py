@@ -151,7 +151,7 @@ async def in_process(n: int) -> None:
         print(f"{label:14s} {mode:8s} {micros:8.1f} µs/request  (telemetry: {extra:6.1f} µs)")
 
 
-def e2e(seconds: float, connections: int) -> None:
+def e2e(seconds: float, connections: int, split: bool = False, only: Sequence[str] = ()) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from bench import _util as u
 
@@ -172,6 +172,13 @@ def e2e(seconds: float, connections: int) -> None:
             "on (no OTLP)": {"OTELGATE_TELEMETRY__ENABLED": "true"},
             "on + OTLP": {"OTELGATE_TELEMETRY__ENABLED": "true", **otlp},
         }
+        if split:
+            # One OTLP signal at a time: which exporter the cost comes from.
+            for signal in ("traces", "metrics", "logs"):
+                others = {f"OTEL_{o.upper()}_EXPORTER": "none" for o in ("traces", "metrics", "logs") if o != signal}
+                targets[f"OTLP {signal} only"] = {"OTELGATE_TELEMETRY__ENABLED": "true", **otlp, **others}
+        if only:
+            targets = {name: env for name, env in targets.items() if name == "off" or name in only}
         rows: dict[tuple[str, str], float] = {}
         for name, extra_env in targets.items():
             port = u.free_port()
@@ -214,9 +221,11 @@ async def main() -> None:
     parser.add_argument("--e2e", action="store_true", help="measure `otelgate serve` end to end instead")
     parser.add_argument("--seconds", type=float, default=6)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--split", action="store_true", help="--e2e: also OTLP with one signal at a time")
+    parser.add_argument("--only", action="append", default=[], help="--e2e: only this target (and off); repeatable")
     args = parser.parse_args()
     if args.e2e:
-        e2e(args.seconds, args.connections)
+        e2e(args.seconds, args.connections, args.split, args.only)
     else:
         await in_process(args.n)
 

@@ -77,7 +77,7 @@ class TelemetryFilter:
             tel.metrics.record_session(new, position, tel.metrics.who(ctx), exemplar, end_ns)
         if tel.access_log.enabled:
             fields = access_fields(ctx, f"{span_context.trace_id:032x}", f"{span_context.span_id:016x}", end_ns, ttfc_s)
-            tel.access_log.emit(fields, spans.current if tel.access_log.otlp else None)
+            tel.access_log.emit(fields, span_context if tel.access_log.otlp else None)
 
     def _tools(self, ctx: RequestContext, spans: CallSpans, end_ns: int) -> None:
         tel = self.tel

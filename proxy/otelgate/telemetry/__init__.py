@@ -57,6 +57,7 @@ class Telemetry:
             self.providers.stats,
             to_stdout=self.config.log_requests,
             logger_provider=self.providers.logger_provider,
+            record_sink=self.providers.access_records,
         )
         upstreams = getattr(settings, "upstreams", None)
         self._propagate = {

@@ -16,7 +16,9 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, TextIO
 
+from opentelemetry import trace
 from opentelemetry._logs import SeverityNumber
+from opentelemetry.trace import NonRecordingSpan, SpanContext
 
 try:  # faster JSON when it happens to be installed; never a dependency
     import orjson as _orjson
@@ -24,13 +26,13 @@ except ImportError:  # pragma: no cover - depends on the environment
     _orjson = None  # type: ignore[assignment]
 
 from otelgate.telemetry import semconv as sc
+from otelgate.telemetry.otlp_http import AccessRecord
 
 if TYPE_CHECKING:
-    from opentelemetry.context import Context
     from opentelemetry.sdk._logs import LoggerProvider
 
     from otelgate.context import RequestContext
-    from otelgate.telemetry.setup import ExportStats
+    from otelgate.telemetry.setup import AccessRecordProcessor, ExportStats
 
 FIELDS_ATTR = "otelgate_fields"
 _VERDICT_KEYS = ("flagged", "action", "location", "rule", "rules", "score")
@@ -168,25 +170,36 @@ class AccessLog:
         logger_provider: LoggerProvider | None,
         stream: TextIO | None = None,
         queue_size: int = 10_000,
+        record_sink: AccessRecordProcessor | None = None,
     ) -> None:
         # stdout: our own writer thread rather than logging's QueueHandler/QueueListener — a LogRecord, the
         # handler locks and queue.Queue's condition variables cost ~8 µs per line on the request path.
         self._writer = _LineWriter(stream or sys.stdout, stats, queue_size) if to_stdout else None
         # OTLP: emitted straight to an OTel logger (no stdlib round trip) with the fields as a structured body
         # and the chat span's context, so the record carries trace_id/span_id.
-        self._otel_logger = logger_provider.get_logger(sc.INSTRUMENTATION_SCOPE) if logger_provider else None
-        self.otlp = self._otel_logger is not None  # the caller builds a trace Context only for OTLP records
+        # With a record sink (OTLP/HTTP, see otlp_http.py) the record skips the SDK's LogRecord path entirely.
+        self._sink = record_sink
+        self._otel_logger = (
+            logger_provider.get_logger(sc.INSTRUMENTATION_SCOPE) if logger_provider and record_sink is None else None
+        )
+        self.otlp = self._otel_logger is not None or record_sink is not None  # the caller passes the span only then
         self.enabled = self._writer is not None or self.otlp
 
-    def emit(self, fields: dict[str, Any], span_context: Context | None) -> None:
+    def emit(self, fields: dict[str, Any], span_context: SpanContext | None) -> None:
+        """One access record. `fields` is shared with the writer and exporter threads: not changed afterwards."""
         if self._writer is not None:
             self._writer.put(time.time(), fields)
-        if self._otel_logger is not None:
+        if self._sink is not None and span_context is not None:
+            flags = int(span_context.trace_flags)
+            self._sink.emit_record(
+                AccessRecord(time.time_ns(), span_context.trace_id, span_context.span_id, flags, fields)
+            )
+        elif self._otel_logger is not None:
             now = time.time_ns()
             self._otel_logger.emit(
                 timestamp=now,
                 observed_timestamp=now,
-                context=span_context,
+                context=trace.set_span_in_context(NonRecordingSpan(span_context)) if span_context else None,
                 severity_text="INFO",
                 severity_number=SeverityNumber.INFO,
                 body={k: v for k, v in fields.items() if v is not None},

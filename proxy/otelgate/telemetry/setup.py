@@ -187,15 +187,25 @@ class CountingBatchLogProcessor(BatchLogRecordProcessor):
         super().on_emit(log_record)
 
 
+class AccessRecordProcessor(CountingBatchLogProcessor):
+    """The bounded batch processor fed `otlp_http.AccessRecord`s directly by the access log (no SDK LogRecord)."""
+
+    def emit_record(self, record: Any) -> None:
+        if _queue_full(self):
+            self._stats.dropped[sc.SIGNAL_LOGS] += 1
+        self._batch_processor.emit(record)
+
+
 # --- exporters from the environment --------------------------------------------------------------------------------
 def _span_exporter(protocol: str) -> SpanExporter:
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpan
 
         return GrpcSpan()
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpan
+    # http/protobuf: the SDK exporter with otelgate's wire encoder (otlp_http.py).
+    from otelgate.telemetry.otlp_http import WireSpanExporter
 
-    return HttpSpan()
+    return WireSpanExporter()
 
 
 def _metric_exporter(protocol: str) -> MetricExporter:
@@ -234,6 +244,7 @@ class Providers:
     span_processors: list[SpanProcessor]
     description: str  # for health(): which exporter, where
     local_metrics: LocalMetrics
+    access_records: AccessRecordProcessor | None = None  # OTLP/HTTP logs: access records go here, not to the SDK
     shutdown_hooks: list[Callable[[], None]] = field(default_factory=list)
 
     def shutdown(self, timeout_millis: int) -> None:
@@ -299,11 +310,13 @@ def build_providers(
         local_metrics.attach(reader, resource)
 
     logger_provider: LoggerProvider | None = None
+    access_records: AccessRecordProcessor | None = None
     if _exporter_enabled(sc.SIGNAL_LOGS):
         protocol = otlp_protocol(sc.SIGNAL_LOGS)
         logger_provider = LoggerProvider(resource=resource)
+        access_records = _access_record_processor(protocol, resource, stats)
         logger_provider.add_log_record_processor(
-            CountingBatchLogProcessor(CountingLogExporter(_log_exporter(protocol), stats), stats)
+            access_records or CountingBatchLogProcessor(CountingLogExporter(_log_exporter(protocol), stats), stats)
         )
         described.append(f"logs: otlp {protocol} {otlp_endpoint(sc.SIGNAL_LOGS)}")
 
@@ -316,7 +329,23 @@ def build_providers(
         span_processors=processors,
         description="; ".join(described) or "none",
         local_metrics=local_metrics,
+        access_records=access_records,
     )
+
+
+def _access_record_processor(protocol: str, resource: Resource, stats: ExportStats) -> AccessRecordProcessor | None:
+    """OTLP/HTTP: access records encoded by otelgate; None (the SDK's log pipeline) for grpc, or if the SDK's
+    internals this relies on are not there."""
+    if protocol == "grpc":
+        return None
+    from otelgate.telemetry.otlp_http import WireLogExporter
+
+    exporter = WireLogExporter(resource, sc.INSTRUMENTATION_SCOPE, sc.ACCESS_LOGGER)
+    processor = AccessRecordProcessor(CountingLogExporter(exporter, stats), stats)
+    if not hasattr(exporter, "_client") or not hasattr(processor, "_batch_processor"):
+        processor.shutdown()
+        return None
+    return processor
 
 
 def run_bounded(fn: Callable[[], None], timeout: float) -> threading.Thread:
