@@ -512,3 +512,46 @@ async def test_hung_sqlite_goes_down_after_stalls_and_comes_back(tmp_path: Path)
     finally:
         blocker.close()
         await led.close()
+
+
+# -- the Redis hot path's own connection (budgets/resp.py) -------------------------------------------------
+async def test_resp_connection_keeps_answers_in_step_when_callers_give_up(redis_server: RedisServer) -> None:
+    from otelgate.budgets.resp import RespConnection
+
+    conn = RespConnection(redis_server.url)
+    try:
+        tasks = [asyncio.create_task(conn.call("ECHO", f"v{i}")) for i in range(100)]
+        await asyncio.sleep(0)  # a yield, not a wait: every task has written its command
+        for t in tasks[1::2]:
+            t.cancel()  # as the ledger's timeout does: their answers arrive later and must be dropped
+        assert await asyncio.gather(*tasks[0::2]) == [f"v{i}" for i in range(0, 100, 2)]
+        assert await conn.call("ECHO", "after") == "after"
+        with pytest.raises(Exception, match="unknown command"):
+            await conn.call("NOSUCHCOMMAND")
+        assert await conn.call("ECHO", "still in step") == "still in step"
+    finally:
+        await conn.close()
+
+
+def test_redis_ledger_under_uvloop_reloads_flushed_scripts(redis_server: RedisServer) -> None:
+    """The proxy runs on uvloop (whose transports are not asyncio's classes), and a Redis restarted without
+    persistence or `SCRIPT FLUSH`ed forgets the scripts: both must just work."""
+    import uvloop
+
+    async def main() -> None:
+        led = RedisLedger(redis_server.url.replace("/0", "/2"), prefix=f"t{uuid.uuid4().hex[:8]}:")
+        lim = usd_limit(1.0)
+        try:
+            assert isinstance(await led.reserve("u1", [lim], Amount(0.4, 10, 1)), Reservation)
+            await led._r.script_flush()
+            res = await led.settle("u1", Amount(0.3, 10, 1), [lim])
+            assert res.applied and res.spends[0].spent.usd == pytest.approx(0.3)
+            assert await led.rate_limit("k", 1, None) is None
+            refusal = await led.rate_limit("k", 1, None)
+            assert isinstance(refusal, Refusal)
+            assert refusal.message().startswith("rate limit of 1 request per minute for key k")
+            assert await spent(led, lim, now=time.time()) == pytest.approx(0.3)  # read back through redis-py
+        finally:
+            await led.close()
+
+    uvloop.run(main())

@@ -9,6 +9,7 @@ set by expiry, swept by every reserve), ``d:<request>`` settled marks (idempoten
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from typing import Any
@@ -20,8 +21,13 @@ from .counters import CounterRef, alert_mark_prefix, plan, refusal_for, scope_pr
 from .ledger import Amount, Ledger, Limit, Refusal, Reservation, SettleResult, UsageRow
 from .redis_lua import RATE as RATE_LUA
 from .redis_lua import READ, RELEASE, RESERVE, RESET, SETTLE
+from .resp import RespConnection
 
 _JSON = {"separators": (",", ":")}
+
+
+def _plain(url: str) -> bool:
+    return url.startswith("redis://") and "?" not in url
 
 
 def _payload(refs: list[CounterRef], amt: tuple[int, int, int] | None = None) -> str:
@@ -42,20 +48,31 @@ class RedisLedger(Ledger):
         self._r = client or aioredis.Redis.from_url(url, socket_timeout=socket_timeout,
                                                     socket_connect_timeout=socket_timeout,
                                                     decode_responses=True)
-        self._reserve = self._r.register_script(RESERVE)
-        self._settle = self._r.register_script(SETTLE)
-        self._release_s = self._r.register_script(RELEASE)
         self._read = self._r.register_script(READ)
         self._reset = self._r.register_script(RESET)
-        self._rate = self._r.register_script(RATE_LUA)
+        # The per-request scripts go through one pipelined connection of our own when the URL allows it
+        # (resp.py: redis-py's per-command overhead was most of the store's CPU); otherwise through redis-py.
+        self._fast = RespConnection(url, timeout=socket_timeout) if client is None and _plain(url) else None
+        self._run = self._fast_script if self._fast is not None else self._redispy_script
+        self._scripts = {name: (hashlib.sha1(src.encode()).hexdigest(), src, self._r.register_script(src))
+                         for name, src in (("reserve", RESERVE), ("settle", SETTLE), ("release", RELEASE),
+                                           ("rate", RATE_LUA))}
+
+    async def _fast_script(self, name: str, *args: Any) -> Any:
+        sha, src, _ = self._scripts[name]
+        assert self._fast is not None
+        return await self._fast.evalsha(sha, src, *args)
+
+    async def _redispy_script(self, name: str, *args: Any) -> Any:
+        return await self._scripts[name][2](args=list(args))
 
     async def reserve(self, request_id: str, limits: list[Limit], amount: Amount,
                       now: float | None = None) -> Reservation | Refusal:
         now = time.time() if now is None else now
         refs = plan(limits, now)
         amt = amount.to_nano()
-        out = await self._reserve(args=[self.prefix, repr(now), request_id, repr(self.reservation_ttl),
-                                        _payload(refs, amt)])
+        out = await self._run("reserve", self.prefix, repr(now), request_id, repr(self.reservation_ttl),
+                             _payload(refs, amt))
         code = int(out[0])
         if code == 1:
             return Reservation(request_id, amount, tuple(limits), float(out[1]))
@@ -68,8 +85,8 @@ class RedisLedger(Ledger):
     async def settle(self, request_id: str, actual: Amount, limits: list[Limit] | None = None,
                      now: float | None = None) -> SettleResult:
         now = time.time() if now is None else now
-        out = await self._settle(args=[self.prefix, repr(now), request_id, str(self.settled_ttl),
-                                       json.dumps(list(actual.to_nano())), _payload(plan(limits or [], now))])
+        out = await self._run("settle", self.prefix, repr(now), request_id, str(self.settled_ttl),
+                             json.dumps(list(actual.to_nano())), _payload(plan(limits or [], now)))
         if int(out[0]) == 0:
             return SettleResult(request_id, False)
         body = out[1]
@@ -80,7 +97,7 @@ class RedisLedger(Ledger):
         return SettleResult(request_id, True, spends)
 
     async def _release(self, request_id: str, now: float) -> bool:
-        return bool(int(await self._release_s(args=[self.prefix, repr(now), request_id])))
+        return bool(int(await self._run("release", self.prefix, repr(now), request_id)))
 
     async def _registered(self, scope: str | None, scope_id: str | None, now: float) -> list[Limit]:
         idx = self.prefix + "lidx"
@@ -122,8 +139,8 @@ class RedisLedger(Ledger):
         if rpm is None and tpm is None:
             return None
         now = time.time() if now is None else now
-        out = await self._rate(args=[self.prefix, repr(now), key_id, -1 if rpm is None else rpm,
-                                     -1 if tpm is None else tpm, int(tokens)])
+        out = await self._run("rate", self.prefix, repr(now), key_id, -1 if rpm is None else rpm,
+                             -1 if tpm is None else tpm, int(tokens))
         if int(out[0]) == 1:
             return None
         unit = ("requests", "tokens")[int(out[1]) - 1]
@@ -135,7 +152,12 @@ class RedisLedger(Ledger):
         return bool(await self._r.set(self.prefix + "m:" + mark, "1", nx=True, px=max(1, int(ttl_seconds * 1000))))
 
     async def ping(self) -> None:
-        await self._r.ping()
+        if self._fast is not None:  # probe the connection the hot path uses
+            await self._fast.call("PING")
+        else:
+            await self._r.ping()
 
     async def close(self) -> None:
+        if self._fast is not None:
+            await self._fast.close()
         await self._r.aclose()
