@@ -117,7 +117,7 @@ def _rule_from_dict(raw: Any, source: str, index: int) -> Rule:
     whole = frozenset(k.lower() for k in keywords if not k.endswith("*"))
     prefixes = frozenset(k.lower().rstrip("*")[:4] for k in keywords if k.endswith("*"))
     fast = tuple(_fast_pattern(p) for p in patterns)
-    leads = tuple(_lead_heads(p) if view == "words" else None for p in patterns)
+    leads = tuple(_lead_heads(p) if view == "words" else _folded_heads(p) for p in patterns)
     return Rule(rid, category, float(weight), tuple(languages), tuple(compiled), view, whole, prefixes, source,
                 fast, leads)
 
@@ -145,7 +145,8 @@ def _top_level_alternation(src: str) -> bool:
     return False
 
 
-_LITERAL_RE = re.compile(r"[^\W_]*")  # letters and digits, any script: literal text in a regex
+# Literal text at the start of a regex: letters and digits of any script, spaces and hyphens.
+_LITERAL_RE = re.compile(r"(?:[^\W_]|[ -])*")
 
 
 def _split_top(src: str) -> list[str]:
@@ -228,6 +229,22 @@ def _lead_heads(src: str) -> frozenset[str] | None:
             return None
         heads.update(got)
     return frozenset(heads)
+
+
+# A folded-view pattern is tried at every occurrence of its heads (the regex checks the word boundary); a head of
+# one or two letters occurs so often there that the plain search is cheaper.
+_FOLDED_MIN_HEAD = 3
+# "(?:^|\n)": a match starts at the start of the text or at a newline.
+_LINE_START = "(?:^|\\n)"
+
+
+def _folded_heads(src: str) -> frozenset[str] | None:
+    if src.startswith(_LINE_START):
+        return frozenset({"\n", ""})  # "" stands for the start of the text; see _starts_at
+    heads = _lead_heads(src)
+    if heads is None or min(map(len, heads)) < _FOLDED_MIN_HEAD:
+        return None
+    return heads
 
 
 def _fast_pattern(src: str) -> tuple[re.Pattern[str], bool]:
@@ -332,18 +349,79 @@ def _keyword_spans(words: str, whole: set[str], prefixes: set[str]) -> list[tupl
     return aligned
 
 
-def _token_starts(padded: str, head: str) -> list[int]:
-    """Offsets in the words view (``padded`` is it with one leading space) of the tokens starting with ``head``."""
-    needle = " " + head
-    out = []
-    i = padded.find(needle)
-    while i != -1:
-        out.append(i)
-        i = padded.find(needle, i + 1)
-    return out
+class _Starts:
+    """Where patterns may start in one text's two views, found once per head and shared by every rule.
+
+    Words view: the tokens beginning with a head (a word boundary before a letter is a token start there).
+    Folded view: every occurrence of a head (the pattern's own ``\\b`` is checked by the regex), or, for the
+    head pair {"\\n", ""}, the start of the text and each newline. Trying a pattern with ``match`` at each such
+    position finds a match exactly when ``search`` over the whole view would: no match can start elsewhere.
+    """
+
+    __slots__ = ("_words", "_padded", "_folded", "_cache")
+
+    def __init__(self, words: str, folded: str) -> None:
+        self._words = words
+        self._padded = " " + words
+        self._folded = folded
+        self._cache: dict[tuple[bool, str], list[int]] = {}
+
+    def _positions(self, head: str, in_words: bool) -> list[int]:
+        key = (in_words, head)
+        got = self._cache.get(key)
+        if got is not None:
+            return got
+        if in_words:
+            text, needle = self._padded, " " + head  # an index in padded is the token's index in words
+        elif head == "":
+            text, needle = "", "x"
+        else:
+            text, needle = self._folded, head
+        out = [0] if head == "" else []
+        i = text.find(needle)
+        while i != -1:
+            out.append(i)
+            i = text.find(needle, i + 1)
+        self._cache[key] = out
+        return out
+
+    def match(self, pattern: re.Pattern[str], heads: frozenset[str], in_words: bool, live: set[str]) -> bool:
+        """Whether ``pattern`` matches; in the words view only heads in ``live`` (see _HeadIndex) are tried."""
+        text = self._words if in_words else self._folded
+        match = pattern.match
+        for head in (heads & live if in_words else heads):
+            for pos in self._positions(head, in_words):
+                if match(text, pos):
+                    return True
+        return False
 
 
-# ------------------------------------------------------------------------------------------------ the screener
+class _HeadIndex:
+    """The words-view heads of every loaded pattern, grouped so that the heads a text can contain are found
+    with a few set intersections instead of a string scan per head. A head is *live* when some token of the
+    text can begin it: its first word is a token (when a space follows that word in the head), or begins a
+    token. Live is a necessary condition; the positions are then found by _Starts."""
+
+    def __init__(self, heads: Iterable[str]) -> None:
+        self.whole: dict[str, list[str]] = {}  # first word -> heads whose first word is a whole token
+        self.by_prefix: dict[int, dict[str, list[str]]] = {}  # n -> first-word prefix of length n -> heads
+        for head in set(heads):
+            first, space, _ = head.partition(" ")
+            if space:
+                self.whole.setdefault(first, []).append(head)
+            else:
+                n = min(len(first), 4)
+                self.by_prefix.setdefault(n, {}).setdefault(first[:n], []).append(head)
+
+    def live(self, token_set: set[str], prefix_set: set[str]) -> set[str]:
+        out: set[str] = set()
+        for first in token_set.intersection(self.whole):
+            out.update(self.whole[first])
+        for n, groups in self.by_prefix.items():
+            present = prefix_set if n == 4 else {t[:n] for t in token_set}
+            for key in present.intersection(groups):
+                out.update(groups[key])
+        return out
 
 
 class Screener:
@@ -362,6 +440,7 @@ class Screener:
         self.max_scan_chars = max_scan_chars
         self._always = tuple(r for r in self.rules if not r.keywords and not r.prefixes)
         self._gated = tuple(r for r in self.rules if r.keywords or r.prefixes)
+        self._heads = _HeadIndex(h for r in self.rules if r.view == "words" for hs in r.leads if hs for h in hs)
 
     @classmethod
     def from_packs(cls, packs: Sequence[str] = ("builtin",), threshold: float = 0.5, *, use_model: bool = True,
@@ -371,15 +450,16 @@ class Screener:
 
     # -- matching
 
-    def _matching_rules(self, norm: Normalized, tokens: list[str] | None = None) -> list[Rule]:
+    def _matching_rules(self, norm: Normalized, tokens: list[str] | None = None,
+                        token_set: set[str] | None = None) -> list[Rule]:
         words = norm.words
-        if tokens is None:
-            tokens = words.split(" ") if words else []
-        token_set = set(tokens)
+        if token_set is None:
+            if tokens is None:
+                tokens = words.split(" ") if words else []
+            token_set = set(tokens)
         prefix_set = {t[:4] for t in token_set}
-        padded = " " + words
-        # head -> start offsets in ``words`` of the tokens beginning with it (computed once per text).
-        starts: dict[str, list[int]] = {}
+        at = _Starts(words, norm.folded)
+        live = self._heads.live(token_set, prefix_set)
         # Patterns whose heads are unknown: short texts are searched whole; in longer ones only the stretches
         # around the rule's keywords, which keeps a 4 KB message within the latency budget.
         windowed = len(words) > _WINDOW_MIN_CHARS
@@ -389,38 +469,28 @@ class Screener:
             found_px = prefix_set & rule.prefixes
             if not found_kw and not found_px:
                 continue
-            if rule.view == "folded":
-                if any(_search(f, norm.folded) for f in rule.fast):
-                    hits.append(rule)
-                continue
-            matched = False
             spans: list[tuple[int, int]] | None = None
             for pattern, fast, heads in zip(rule.patterns, rule.fast, rule.leads, strict=True):
-                if heads is None:
-                    if not windowed:
-                        matched = _search(fast, words)
-                    else:
-                        if spans is None:
-                            spans = _keyword_spans(words, found_kw, found_px)
-                        matched = any(_search(fast, words, lo, hi) for lo, hi in spans)
+                if heads is not None:
+                    matched = at.match(pattern, heads, rule.view == "words", live)
+                elif rule.view == "folded":
+                    matched = _search(fast, norm.folded)
+                elif not windowed:
+                    matched = _search(fast, words)
                 else:
-                    match = pattern.match
-                    for head in heads:
-                        if head[:4] not in prefix_set and len(head) >= 4:
-                            continue
-                        at = starts.get(head)
-                        if at is None:
-                            at = starts[head] = _token_starts(padded, head)
-                        if any(match(words, pos) for pos in at):
-                            matched = True
-                            break
+                    if spans is None:
+                        spans = _keyword_spans(words, found_kw, found_px)
+                    matched = any(_search(fast, words, lo, hi) for lo, hi in spans)
                 if matched:
                     hits.append(rule)
                     break
         for rule in self._always:
             text = words if rule.view == "words" else norm.folded
-            if any(_search(f, text) for f in rule.fast):
-                hits.append(rule)
+            for pattern, fast, heads in zip(rule.patterns, rule.fast, rule.leads, strict=True):
+                if at.match(pattern, heads, rule.view == "words", live) if heads is not None \
+                        else _search(fast, text):
+                    hits.append(rule)
+                    break
         return hits
 
     def _evidence(self, text: str) -> tuple[dict[str, tuple[float, str]], float]:

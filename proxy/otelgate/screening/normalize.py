@@ -72,6 +72,7 @@ _SPACED_SEP_RE = re.compile(r"[ .\-_*/]")
 # Cheap gate for the above (three single characters with separators between them), searched with a leading
 # space so that a spaced word at the very start is seen too.
 _SPACED_GATE_RE = re.compile(r"\W\w[ .\-_*/]\w[ .\-_*/]\w(?!\w)")
+_SPACED_PRE_GATE_RE = re.compile(r"[ .\-_*/]\w[ .\-_*/]\w(?!\w)")
 _ASCII_PUNCT = "".join(chr(c) for c in range(128) if not chr(c).isalnum())
 _ASCII_PUNCT_TO_SPACE = str.maketrans(_ASCII_PUNCT, " " * len(_ASCII_PUNCT))
 
@@ -144,42 +145,70 @@ def _join_spaced(m: re.Match[str]) -> str:
     return _SPACED_SEP_RE.sub("", m.group(0))
 
 
+def _fold_with_chars(text: str) -> tuple[str, str, frozenset[str] | None]:
+    """(folded text with whitespace as it was, hidden tag-character text, the distinct non-ASCII characters of
+    the folded text or None for ASCII text). The character set is computed once and reused by every gate:
+    a set of a 4 KB text costs about as much as one membership scan, and the gates then test a few dozen
+    distinct characters instead of 4 000."""
+    hidden = ""
+    if text.isascii():
+        return text.lower(), hidden, None
+    wide = frozenset(c for c in set(text) if c > "\x7f")
+    if any("\U000e0020" <= c <= "\U000e007e" for c in wide):
+        tags = _TAG_RE.findall(text)
+        hidden = "".join(chr(ord(ch) - 0xE0000) for chunk in tags for ch in chunk)
+    if not unicodedata.is_normalized("NFKC", text):
+        text = unicodedata.normalize("NFKC", text)
+        wide = frozenset(c for c in set(text) if c > "\x7f")
+    if not _INVISIBLE_CHARS.isdisjoint(wide):
+        text = text.translate(_INVISIBLE)
+        wide = wide - _INVISIBLE_CHARS
+    text = text.casefold()
+    # casefold maps each character on its own (no context), so the folded text's characters are those of the
+    # folded character set.
+    wide = frozenset(c for c in "".join(wide).casefold() if c > "\x7f")
+    if wide and not _CONFUSABLE_CHARS.isdisjoint(wide):
+        # In mostly-Latin text a word made only of look-alikes is a disguise; in Cyrillic or Greek prose
+        # it is an ordinary word ("все") and only mixed-script words are folded.
+        latin_dominant = len(text.encode("ascii", "ignore")) * 10 >= len(text) * 7
+        folder = _fold_confusable_word if latin_dominant else _fold_mixed_word
+        text = _CONFUSABLE_WORD_RE.sub(folder, text)
+        wide = frozenset(c for c in set(text) if c > "\x7f")
+    return text, hidden, wide
+
+
 def fold(text: str) -> tuple[str, str]:
     """Return (folded text with whitespace as it was, hidden tag-character text)."""
-    hidden = ""
-    if not text.isascii():
-        tags = _TAG_RE.findall(text)
-        if tags:
-            hidden = "".join(chr(ord(ch) - 0xE0000) for chunk in tags for ch in chunk)
-        text = unicodedata.normalize("NFKC", text)
-        if not _INVISIBLE_CHARS.isdisjoint(text):
-            text = text.translate(_INVISIBLE)
-        text = text.casefold()
-        if not text.isascii() and not _CONFUSABLE_CHARS.isdisjoint(text):
-            # In mostly-Latin text a word made only of look-alikes is a disguise; in Cyrillic or Greek prose
-            # it is an ordinary word ("все") and only mixed-script words are folded.
-            latin_dominant = len(text.encode("ascii", "ignore")) * 10 >= len(text) * 7
-            folder = _fold_confusable_word if latin_dominant else _fold_mixed_word
-            text = _CONFUSABLE_WORD_RE.sub(folder, text)
-    else:
-        text = text.lower()
-    return text, hidden
+    folded, hidden, _ = _fold_with_chars(text)
+    return folded, hidden
 
 
-def words_view(base: str) -> str:
+def words_view(base: str, wide: frozenset[str] | None = None) -> str:
     """The matching view, from folded text whose whitespace is not yet collapsed (so that a double space
-    still separates s p a c e d words)."""
+    still separates s p a c e d words). ``wide``: the distinct non-ASCII characters of ``base`` if known."""
     text = _fold_leet_text(base)
-    if _SPACED_GATE_RE.search(" " + text + " "):
+    padded = " " + text + " "
+    # The first regex is a cheaper necessary condition of the second (it starts at a separator, which the
+    # regex engine can skip to); together they decide exactly what the second alone would.
+    if _SPACED_PRE_GATE_RE.search(padded) and _SPACED_GATE_RE.search(padded):
         text = _SPACED_RE.sub(_join_spaced, text)
     # Every character that is not alphanumeric becomes a space and runs of spaces collapse. For ASCII text a
     # translate + split gives the same result as _NON_WORD_RE.sub(" ", text).strip(), several times faster
-    # (str.translate is only fast on ASCII input; on other text the regex is faster.)
-    if text.isascii():
-        return " ".join(text.translate(_ASCII_PUNCT_TO_SPACE).split())
-    return _NON_WORD_RE.sub(" ", text).strip()
+    # (str.translate is only fast on ASCII input). Other text gets one str.replace per distinct non-ASCII
+    # character that is not a letter or digit (typographic quotes and dashes: a handful), after which it is
+    # usually ASCII too. The leet and spacing steps only turn ASCII into ASCII or delete characters, so the
+    # non-ASCII characters of ``text`` are among those of ``base``.
+    if not text.isascii():
+        if wide is None:
+            wide = frozenset(c for c in set(text) if c > "\x7f")
+        for c in wide:
+            if not c.isalnum():
+                text = text.replace(c, " ")
+        if not text.isascii():
+            return _NON_WORD_RE.sub(" ", text).strip()
+    return " ".join(text.translate(_ASCII_PUNCT_TO_SPACE).split())
 
 
 def normalize(text: str) -> Normalized:
-    base, hidden = fold(text)
-    return Normalized(folded=" ".join(base.split()), words=words_view(base), hidden=hidden)
+    base, hidden, wide = _fold_with_chars(text)
+    return Normalized(folded=" ".join(base.split()), words=words_view(base, wide), hidden=hidden)

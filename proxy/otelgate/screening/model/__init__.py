@@ -94,31 +94,41 @@ class InjectionModel:
     # cross-validation on training rows only (bench/train_screening_model.py).
     floor: float = 0.5
     scale: float = 0.55
-    # token -> (summed weight of its unigram and character n-grams, its CRC for bigrams). Plain dict operations
-    # are atomic under the GIL, so sharing it between threads is safe; it is cleared when it grows too big.
-    _cache: dict[str, tuple[float, int]] = field(default_factory=dict, repr=False)
+    # Per token: the summed weight of its unigram and character n-grams, and the two halves of its bigram index
+    # (see bigram_index). Three plain dicts so the hot path can map over them at C speed. Dict operations are
+    # atomic under the GIL; when they grow too big they are replaced (not cleared), so a scan running in another
+    # thread keeps the dicts it started with.
+    _contrib: dict[str, float] = field(default_factory=dict, repr=False)
+    _left: dict[str, int] = field(default_factory=dict, repr=False)
+    _right: dict[str, int] = field(default_factory=dict, repr=False)
 
-    def _token_info(self, distinct: Iterable[str]) -> tuple[dict[str, float], dict[str, int], dict[str, int]]:
-        cache = self._cache
+    def clear_cache(self) -> None:
+        """Forget every cached token (the bench's "cold" state)."""
+        self._contrib, self._left, self._right = {}, {}, {}
+
+    def _learn(self, missing: Iterable[str], contrib: dict[str, float], left: dict[str, int],
+               right: dict[str, int]) -> None:
         w = self.weights
         mask = (1 << self.bits) - 1
-        contrib: dict[str, float] = {}
-        left: dict[str, int] = {}
-        right: dict[str, int] = {}
-        for t in distinct:
-            info = cache.get(t)
-            if info is None:
-                h = _crc(t)
-                info = (sum(w[i] for i in token_hashes(t, mask)), (h * _BIGRAM_MUL) & mask, (h + _BIGRAM_ADD) & mask)
-                if len(cache) >= _TOKEN_CACHE_MAX:
-                    cache.clear()
-                cache[t] = info
-            contrib[t], left[t], right[t] = info
-        return contrib, left, right
+        for t in missing:
+            h = _crc(t)
+            contrib[t] = sum(w[i] for i in token_hashes(t, mask))
+            left[t] = (h * _BIGRAM_MUL) & mask
+            right[t] = (h + _BIGRAM_ADD) & mask
 
-    def window_logits(self, tokens: list[str]) -> list[float]:
+    def window_logits(self, tokens: list[str], distinct: set[str] | None = None) -> list[float]:
+        """Logit of each window (see windows). ``distinct``: set(tokens), if the caller has it."""
         # The hot path: C-level map/set/sum over cached per-token numbers, no Python-level loop per token.
-        contrib, left, right = self._token_info(set(tokens))
+        if distinct is None:
+            distinct = set(tokens)
+        contrib, left, right = self._contrib, self._left, self._right
+        missing = distinct.difference(contrib)
+        if missing:
+            if len(contrib) + len(missing) > _TOKEN_CACHE_MAX:
+                contrib, left, right = {}, {}, {}
+                self._contrib, self._left, self._right = contrib, left, right
+                missing = distinct
+            self._learn(missing, contrib, left, right)
         lefts = list(map(left.__getitem__, tokens))
         rights = list(map(right.__getitem__, tokens))
         bigrams = list(map(xor, lefts, rights[1:]))  # == bigram_index(crc(a), crc(b), mask)
