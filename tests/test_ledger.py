@@ -555,3 +555,25 @@ def test_redis_ledger_under_uvloop_reloads_flushed_scripts(redis_server: RedisSe
             await led.close()
 
     uvloop.run(main())
+
+
+# -- a rate limit folded into the reserve: one store call, all or nothing ---------------------------------
+async def test_folded_rate_limit_is_all_or_nothing(ledger: Ledger) -> None:
+    from otelgate.budgets import RateAsk
+
+    lim = usd_limit(1.0)
+    ask = RateAsk("k", rpm=3, tpm=None, tokens=10)
+    assert isinstance(await ledger.reserve("f1", [lim], Amount(0.9, 10, 1), now=T0, rate=ask), Reservation)
+    # the same request retried holds nothing twice and takes no second request from the bucket
+    assert isinstance(await ledger.reserve("f1", [lim], Amount(0.9, 10, 1), now=T0, rate=ask), Reservation)
+    over = await ledger.reserve("f2", [lim], Amount(0.5, 10, 1), now=T0, rate=ask)
+    assert isinstance(over, Refusal) and over.reason != "rate_limit"  # the budget refused ...
+    assert isinstance(await ledger.reserve("f3", [lim], Amount(0.05, 10, 1), now=T0, rate=ask), Reservation)
+    assert isinstance(await ledger.reserve("f4", [lim], Amount(0.01, 10, 1), now=T0, rate=ask), Reservation)
+    rate = await ledger.reserve("f5", [lim], Amount(0.01, 10, 1), now=T0, rate=ask)  # ... so f2 took no request
+    assert isinstance(rate, Refusal) and rate.reason == "rate_limit"
+    assert rate.message(now=T0).startswith("rate limit of 3 requests per minute for key k reached; retry in 20 s")
+    assert await spent(ledger, lim) == pytest.approx(0.96)  # the rate-refused f5 holds nothing either
+    # the buckets are the same ones rate_limit() uses
+    assert isinstance(await ledger.rate_limit("k", 3, None, 0, now=T0), Refusal)
+    assert await ledger.rate_limit("k", 3, None, 0, now=T0 + 20) is None

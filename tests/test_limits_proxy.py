@@ -139,3 +139,23 @@ async def test_tokens_per_minute_larger_than_the_bucket(
         assert "rate limit of 500 tokens per minute for key capped reached" in msg(err.value)
         assert err.value.response.headers["x-should-retry"] == "false"  # waiting cannot help
         assert len(sim.requests) == 1
+
+
+async def test_rate_limit_and_budget_are_one_all_or_nothing_check(
+    sim: SimUpstream, tmp_path: Path, clients: list[Any]
+) -> None:
+    """The rate limit is checked inside the budget reserve (one store call): a request the budget refuses takes
+    nothing from the rate buckets, so two small requests still pass after it, and the third is rate limited."""
+    cfg = config(tmp_path, {"requests_per_minute": 2})
+    cfg["keys"][0]["budgets"] = [{"window": "day", "usd": 0.08}]
+    async with gateway(cfg, sim, telemetry=None) as gw:
+        c = ant(gw.url, clients)
+        with pytest.raises(anthropic.RateLimitError) as err:  # worst case over $0.10: the budget refuses
+            await c.messages.create(model=MODEL, max_tokens=100, messages=[{"role": "user", "content": "hi"}])
+        assert msg(err.value).startswith("daily budget of $0.08 for key capped reached")
+        for _ in range(2):
+            await c.messages.create(model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+        with pytest.raises(anthropic.RateLimitError) as err:
+            await c.messages.create(model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+        assert msg(err.value).startswith("rate limit of 2 requests per minute for key capped reached; retry in ")
+        assert len(sim.requests) == 2

@@ -187,6 +187,17 @@ class Refusal:
         return f"{head}; frees up at {at:%H:%M} {tz}"
 
 
+@dataclass(frozen=True, slots=True)
+class RateAsk:
+    """A rate-limit check to fold into a reserve: one store call does both, all or nothing (the rate is
+    checked first, so its refusal wins, as when it was a call of its own)."""
+
+    key_id: str
+    rpm: int | None
+    tpm: int | None
+    tokens: int = 0
+
+
 class Ledger(abc.ABC):
     """Budget accounting shared by every replica: reserve the worst case, settle the real usage.
 
@@ -204,7 +215,9 @@ class Ledger(abc.ABC):
 
     @abc.abstractmethod
     async def reserve(self, request_id: str, limits: list[Limit], amount: Amount,
-                      now: float | None = None) -> Reservation | Refusal: ...
+                      now: float | None = None, rate: RateAsk | None = None) -> Reservation | Refusal:
+        """With ``rate``, also takes from that key's rate-limit buckets in the same atomic step: a refusal
+        of either holds and takes nothing."""
 
     @abc.abstractmethod
     async def settle(self, request_id: str, actual: Amount, limits: list[Limit] | None = None,

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 
 from . import ratelimit
 from .counters import CounterRef, alert_mark_prefix, plan, refusal_for, scope_prefix, usage_rows, window_spend
-from .ledger import Amount, Ledger, Limit, Refusal, Reservation, SettleResult, UsageRow
+from .ledger import Amount, Ledger, Limit, RateAsk, Refusal, Reservation, SettleResult, UsageRow
 from .redis_lua import RATE as RATE_LUA
 from .redis_lua import READ, RELEASE, RESERVE, RESET, SETTLE
 from .resp import RespConnection
@@ -67,17 +67,23 @@ class RedisLedger(Ledger):
         return await self._scripts[name][2](args=list(args))
 
     async def reserve(self, request_id: str, limits: list[Limit], amount: Amount,
-                      now: float | None = None) -> Reservation | Refusal:
+                      now: float | None = None, rate: RateAsk | None = None) -> Reservation | Refusal:
         now = time.time() if now is None else now
         refs = plan(limits, now)
         amt = amount.to_nano()
-        out = await self._run("reserve", self.prefix, repr(now), request_id, repr(self.reservation_ttl),
-                             _payload(refs, amt))
+        args = [self.prefix, repr(now), request_id, repr(self.reservation_ttl), _payload(refs, amt)]
+        if rate is not None and (rate.rpm is not None or rate.tpm is not None):
+            args += [rate.key_id, -1 if rate.rpm is None else rate.rpm, -1 if rate.tpm is None else rate.tpm,
+                     int(rate.tokens)]
+        out = await self._run("reserve", *args)
         code = int(out[0])
         if code == 1:
             return Reservation(request_id, amount, tuple(limits), float(out[1]))
         if code == 2:
             raise ValueError(f"request {request_id!r} was already settled")
+        if code == 3:
+            assert rate is not None
+            return self._rate_refusal(rate.key_id, rate.rpm, rate.tpm, rate.tokens, out, now)
         ref, u = refs[int(out[1]) - 1], int(out[2]) - 1
         reset = float(out[4])
         return refusal_for(ref, u, int(out[3]), amt[u], None if reset < 0 else reset)
@@ -143,10 +149,17 @@ class RedisLedger(Ledger):
                              -1 if tpm is None else tpm, int(tokens))
         if int(out[0]) == 1:
             return None
+        return self._rate_refusal(key_id, rpm, tpm, tokens, out, now)
+
+    @staticmethod
+    def _rate_refusal(key_id: str, rpm: int | None, tpm: int | None, tokens: int, out: list[Any],
+                      now: float) -> Refusal:
         unit = ("requests", "tokens")[int(out[1]) - 1]
         caps = {"requests": rpm, "tokens": tpm}
-        return ratelimit.check(key_id, {unit: float(out[2])}, {unit: caps[unit]},
-                               {"requests": 1.0, "tokens": float(tokens)}, now)
+        refusal = ratelimit.check(key_id, {unit: float(out[2])}, {unit: caps[unit]},
+                                  {"requests": 1.0, "tokens": float(tokens)}, now)
+        assert refusal is not None  # the script refused, so the same arithmetic does
+        return refusal
 
     async def claim_once(self, mark: str, ttl_seconds: float) -> bool:
         return bool(await self._r.set(self.prefix + "m:" + mark, "1", nx=True, px=max(1, int(ttl_seconds * 1000))))

@@ -124,8 +124,42 @@ local function rolling_reset(ref, u, allowed)
 end
 """
 
-# ARGV: prefix, now, id, reservation ttl, payload {refs, amt}
-RESERVE = PRELUDE + r"""
+# Token buckets of one key, shared by RATE and a reserve with a folded rate limit.
+# rate_check(key, rpm (-1 none), tpm (-1 none), tokens, now) -> levels or {0, unit, level}; rate_take writes.
+RATE_FUNCS = r"""
+local RATE_UNITS = {'requests', 'tokens'}
+
+local function rate_check(key, caps, needs, now)
+  local levels = {}
+  for u = 1, 2 do
+    if caps[u] >= 0 then
+      local v = redis.call('HMGET', P .. 'q:' .. key .. '|' .. RATE_UNITS[u], 'lv', 'at')
+      local lv = tonumber(v[1])
+      local at = tonumber(v[2])
+      if lv == nil or at == nil then lv = caps[u]
+      else lv = math.min(caps[u], lv + math.max(0, now - at) * caps[u] / 60) end
+      levels[u] = lv
+      if needs[u] > lv then return nil, {0, u, string.format('%.6f', lv)} end
+    end
+  end
+  return levels, nil
+end
+
+local function rate_take(key, caps, needs, levels, now)
+  for u = 1, 2 do
+    if caps[u] >= 0 then
+      local k = P .. 'q:' .. key .. '|' .. RATE_UNITS[u]
+      redis.call('HSET', k, 'lv', string.format('%.6f', levels[u] - needs[u]), 'at', string.format('%.6f', now))
+      redis.call('EXPIRE', k, 120)
+    end
+  end
+end
+"""
+
+# ARGV: prefix, now, id, reservation ttl, payload {refs, amt}[, rate key id, rpm (-1 none), tpm (-1 none),
+# tokens]: with a rate key the rate limit is checked first and taken only when the budgets admit too.
+# -> {1, exp} | {2} settled | {0, ref, unit, current, reset} | {3, unit, level} rate refused
+RESERVE = PRELUDE + RATE_FUNCS + r"""
 local now = tonumber(ARGV[2])
 local id = ARGV[3]
 local ttl = tonumber(ARGV[4])
@@ -134,6 +168,15 @@ local rk = P .. 'r:' .. id
 local held = redis.call('HGET', rk, 'exp')
 if held then return {1, held} end
 if redis.call('EXISTS', P .. 'd:' .. id) == 1 then return {2} end
+local rkey = ARGV[6]
+local rcaps, rneeds, rlevels
+if rkey then
+  rcaps = {tonumber(ARGV[7]), tonumber(ARGV[8])}
+  rneeds = {1, tonumber(ARGV[9])}
+  local refused
+  rlevels, refused = rate_check(rkey, rcaps, rneeds, now)
+  if refused then return {3, refused[2], refused[3]} end
+end
 local p = cjson.decode(ARGV[5])
 local a = p.amt
 for i, ref in ipairs(p.refs) do
@@ -147,6 +190,7 @@ for i, ref in ipairs(p.refs) do
     end
   end
 end
+if rkey then rate_take(rkey, rcaps, rneeds, rlevels, now) end
 for _, ref in ipairs(p.refs) do
   apply(ref, {0, 0, 0, a[1], a[2], a[3]}, now)
   register(ref, now)
@@ -222,28 +266,12 @@ return 1
 # ARGV: prefix, now, key id, rpm (-1 none), tpm (-1 none), tokens -> {ok, unit, level}
 RATE = r"""
 local P = ARGV[1]
+""" + RATE_FUNCS + r"""
 local now = tonumber(ARGV[2])
 local caps = {tonumber(ARGV[4]), tonumber(ARGV[5])}
 local needs = {1, tonumber(ARGV[6])}
-local units = {'requests', 'tokens'}
-local levels = {}
-for u = 1, 2 do
-  if caps[u] >= 0 then
-    local v = redis.call('HMGET', P .. 'q:' .. ARGV[3] .. '|' .. units[u], 'lv', 'at')
-    local lv = tonumber(v[1])
-    local at = tonumber(v[2])
-    if lv == nil or at == nil then lv = caps[u]
-    else lv = math.min(caps[u], lv + math.max(0, now - at) * caps[u] / 60) end
-    levels[u] = lv
-    if needs[u] > lv then return {0, u, string.format('%.6f', lv)} end
-  end
-end
-for u = 1, 2 do
-  if caps[u] >= 0 then
-    local k = P .. 'q:' .. ARGV[3] .. '|' .. units[u]
-    redis.call('HSET', k, 'lv', string.format('%.6f', levels[u] - needs[u]), 'at', string.format('%.6f', now))
-    redis.call('EXPIRE', k, 120)
-  end
-end
+local levels, refused = rate_check(ARGV[3], caps, needs, now)
+if refused then return refused end
+rate_take(ARGV[3], caps, needs, levels, now)
 return {1}
 """

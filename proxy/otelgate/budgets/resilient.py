@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .ledger import Amount, Ledger, Limit, Refusal, Reservation, SettleResult, StoreUnavailable, UsageRow
+from .ledger import Amount, Ledger, Limit, RateAsk, Refusal, Reservation, SettleResult, StoreUnavailable, UsageRow
 from .sqlite import SqliteLedger
 
 log = logging.getLogger("otelgate.budgets")
@@ -204,12 +204,15 @@ class ResilientLedger(Ledger):
 
     # -- accounting -----------------------------------------------------------------------------------
     async def reserve(self, request_id: str, limits: list[Limit], amount: Amount,
-                      now: float | None = None) -> Reservation | Refusal:
+                      now: float | None = None, rate: RateAsk | None = None) -> Reservation | Refusal:
         deadline = self._deadline()
         self._limits_of[request_id] = tuple(limits)
         if await self._healthy(deadline):
             try:
-                return await self._call(lambda: self.inner.reserve(request_id, limits, amount, now), deadline)
+                if rate is None:  # stores written before folded rate limits still work
+                    return await self._call(lambda: self.inner.reserve(request_id, limits, amount, now), deadline)
+                return await self._call(lambda: self.inner.reserve(request_id, limits, amount, now, rate),
+                                        deadline)
             except StoreUnavailable:
                 self.orphans.add(request_id)  # it may have landed: released once the store answers
                 if self.on_error == "closed":
@@ -218,7 +221,7 @@ class ResilientLedger(Ledger):
         elif self.on_error == "closed":
             self._limits_of.pop(request_id, None)
             raise StoreUnavailable("budget store unavailable")
-        out = await self.local.reserve(request_id, limits, amount, now)
+        out = await self.local.reserve(request_id, limits, amount, now, rate)
         if isinstance(out, Reservation):
             self._local_ids.add(request_id)
             return Reservation(out.request_id, out.amount, out.limits, out.expires_at, local=True)

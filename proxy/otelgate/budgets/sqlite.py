@@ -28,7 +28,7 @@ from .counters import (
     usage_rows,
     window_spend,
 )
-from .ledger import Amount, Ledger, Limit, Refusal, Reservation, SettleResult, UsageRow
+from .ledger import Amount, Ledger, Limit, RateAsk, Refusal, Reservation, SettleResult, UsageRow
 from .sqlite_worker import SqliteWorker
 
 T = TypeVar("T")
@@ -236,7 +236,8 @@ class SqliteLedger(Ledger):
 
     # -- operations (run on the ledger thread) -------------------------------------------------------
     def _reserve_op(self, rid: str, refs: list[CounterRef], amt: tuple[int, int, int], now: float,
-                    limits: tuple[Limit, ...], amount: Amount) -> Callable[[sqlite3.Connection], Any]:
+                    limits: tuple[Limit, ...], amount: Amount,
+                    rate: RateAsk | None = None) -> Callable[[sqlite3.Connection], Any]:
         def body(c: sqlite3.Connection) -> Reservation | Refusal | str:
             self._clock = now
             self._sweep(c, now)
@@ -245,6 +246,10 @@ class SqliteLedger(Ledger):
                 return Reservation(rid, amount, limits, row[0])
             if c.execute("SELECT 1 FROM settled WHERE id = ?", (rid,)).fetchone():
                 return "settled"
+            if rate is not None:  # folded rate limit: checked first, taken only if the budgets admit too
+                refusal, levels, needs = self._rate_check(c, rate, now)
+                if refusal is not None:
+                    return refusal
             for ref in refs:
                 v = self._read(c, ref, now)
                 for u in range(3):
@@ -252,6 +257,8 @@ class SqliteLedger(Ledger):
                     if lim >= 0 and v[u] + v[u + 3] + amt[u] > lim:
                         reset = self._rolling_reset(c, ref, u, lim - amt[u]) if ref.rolling else None
                         return refusal_for(ref, u, v[u] + v[u + 3], amt[u], reset)
+            if rate is not None:
+                self._rate_take(c, rate, levels, needs, now)
             for ref in refs:
                 self._apply(c, ref, (0, 0, 0, *amt), now)
                 self._register(c, ref, now)
@@ -328,25 +335,37 @@ class SqliteLedger(Ledger):
 
         return body
 
+    @staticmethod
+    def _rate_check(c: sqlite3.Connection, ask: RateAsk,
+                    now: float) -> tuple[Refusal | None, dict[str, float], dict[str, float]]:
+        caps = {"requests": ask.rpm, "tokens": ask.tpm}
+        needs = {"requests": 1.0, "tokens": float(ask.tokens)}
+        levels: dict[str, float] = {}
+        for unit, cap in caps.items():
+            if cap is None:
+                continue
+            row = c.execute("SELECT level, at FROM rates WHERE k = ?", (f"{ask.key_id}|{unit}",)).fetchone()
+            levels[unit] = ratelimit.refill(row[0] if row else None, row[1] if row else None, cap, now)
+        refusal = ratelimit.check(ask.key_id, levels, {k: v for k, v in caps.items() if v is not None},
+                                  needs, now)
+        return refusal, levels, needs
+
+    @staticmethod
+    def _rate_take(c: sqlite3.Connection, ask: RateAsk, levels: dict[str, float], needs: dict[str, float],
+                   now: float) -> None:
+        for unit in levels:
+            c.execute("INSERT INTO rates (k, level, at) VALUES (?, ?, ?) ON CONFLICT(k) DO UPDATE "
+                      "SET level = excluded.level, at = excluded.at",
+                      (f"{ask.key_id}|{unit}", levels[unit] - needs[unit], now))
+
     def _rate_op(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int,
                  now: float) -> Callable[[sqlite3.Connection], Refusal | None]:
-        caps = {"requests": rpm, "tokens": tpm}
-        needs = {"requests": 1.0, "tokens": float(tokens)}
+        ask = RateAsk(key_id, rpm, tpm, tokens)
 
         def body(c: sqlite3.Connection) -> Refusal | None:
-            levels: dict[str, float] = {}
-            for unit, cap in caps.items():
-                if cap is None:
-                    continue
-                row = c.execute("SELECT level, at FROM rates WHERE k = ?", (f"{key_id}|{unit}",)).fetchone()
-                levels[unit] = ratelimit.refill(row[0] if row else None, row[1] if row else None, cap, now)
-            refusal = ratelimit.check(key_id, levels, {k: v for k, v in caps.items() if v is not None},
-                                      needs, now)
+            refusal, levels, needs = self._rate_check(c, ask, now)
             if refusal is None:
-                for unit in levels:
-                    c.execute("INSERT INTO rates (k, level, at) VALUES (?, ?, ?) ON CONFLICT(k) DO UPDATE "
-                              "SET level = excluded.level, at = excluded.at",
-                              (f"{key_id}|{unit}", levels[unit] - needs[unit], now))
+                self._rate_take(c, ask, levels, needs, now)
             return refusal
 
         return body
@@ -359,10 +378,12 @@ class SqliteLedger(Ledger):
 
     # -- public async API -----------------------------------------------------------------------------
     async def reserve(self, request_id: str, limits: list[Limit], amount: Amount,
-                      now: float | None = None) -> Reservation | Refusal:
+                      now: float | None = None, rate: RateAsk | None = None) -> Reservation | Refusal:
         now = time.time() if now is None else now
+        if rate is not None and rate.rpm is None and rate.tpm is None:
+            rate = None
         out = await self._run(self._reserve_op(request_id, plan(limits, now), amount.to_nano(), now,
-                                               tuple(limits), amount))
+                                               tuple(limits), amount, rate))
         if out == "settled":
             raise ValueError(f"request {request_id!r} was already settled")
         assert isinstance(out, Reservation | Refusal)

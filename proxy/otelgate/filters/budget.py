@@ -20,6 +20,7 @@ from otelgate.budgets import (
     Ledger,
     Limit,
     Pricing,
+    RateAsk,
     Refusal,
     ResilientLedger,
     SettleResult,
@@ -39,6 +40,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("otelgate.budget")
 
 NAME = "budget"
+# ctx.state key of a rate-limit check the limits filter left for this filter's reserve to do in the same store
+# call (one round trip instead of two; all or nothing).
+RATE_STATE = "limits.rate"
+# Settings whose started BudgetFilter takes those checks. The limits filter defers only to a registered one,
+# so a chain without a budget filter still checks rate limits itself; never both, never neither.
+_RATE_FOLDED: dict[int, Settings] = {}
+
+
+def folds_rate_limits(settings: Settings) -> bool:
+    return _RATE_FOLDED.get(id(settings)) is settings
 
 
 def make_pricing(settings: Settings) -> Pricing:
@@ -178,8 +189,11 @@ class BudgetFilter:
         cfg = self.settings.budgets
         self.alerter = BudgetAlerter(self.ledger, thresholds=cfg.alert_thresholds,
                                      alertmanager_url=cfg.alertmanager_url)
+        _RATE_FOLDED[id(self.settings)] = self.settings
 
     async def close(self) -> None:
+        if _RATE_FOLDED.get(id(self.settings)) is self.settings:
+            del _RATE_FOLDED[id(self.settings)]
         if self.alerter is not None:
             await self.alerter.close()
         if self.ledger is not None:
@@ -212,13 +226,24 @@ class BudgetFilter:
         limits = principal_limits(self.settings, ctx.principal, ctx.session_id, self.limit_cache)
         hold = _Hold(limits, self.worst_case(ctx))
         ctx.state[NAME] = hold
-        if not limits:
+        rate: RateAsk | None = ctx.state.pop(RATE_STATE, None)
+        if not limits and rate is None:
             return
         assert self.ledger is not None, "BudgetFilter.start() was not run"
         try:
-            out = await self.ledger.reserve(ctx.request_id, limits, hold.worst)
+            if not limits:
+                assert rate is not None
+                out = await self.ledger.rate_limit(rate.key_id, rate.rpm, rate.tpm, rate.tokens)
+                if out is not None:
+                    ctx.event("limits.rate_limited", unit=out.unit, limit=out.limit)
+                    raise refusal_error(out)
+                return
+            out = await self.ledger.reserve(ctx.request_id, limits, hold.worst, rate=rate)
         except StoreUnavailable as exc:
             raise store_error(exc) from None
+        if isinstance(out, Refusal) and out.reason == "rate_limit":
+            ctx.event("limits.rate_limited", unit=out.unit, limit=out.limit)
+            raise refusal_error(out)
         if isinstance(out, Refusal):
             ctx.event("budget.refused", scope=out.scope, id=out.scope_id, window=out.window.key, unit=out.unit,
                       limit=out.limit, spent=out.spent, requested=out.requested)

@@ -14,12 +14,20 @@ from typing import TYPE_CHECKING
 
 from otelgate.budgets import (
     Ledger,
+    RateAsk,
     StoreUnavailable,
     estimate_input_tokens,
     requested_max_output_tokens,
 )
 from otelgate.errors import GatewayError
-from otelgate.filters.budget import make_pricing, open_store, refusal_error, store_error
+from otelgate.filters.budget import (
+    RATE_STATE,
+    folds_rate_limits,
+    make_pricing,
+    open_store,
+    refusal_error,
+    store_error,
+)
 
 if TYPE_CHECKING:
     from otelgate.config import Limits, Settings
@@ -104,6 +112,12 @@ class LimitsFilter:
 
     async def _rate(self, ctx: RequestContext, limits: Limits, tokens: int) -> None:
         assert ctx.principal is not None
+        if folds_rate_limits(self.settings):
+            # The budget filter checks it in its reserve: one store call for both, and a request the budget
+            # refuses takes nothing from the rate buckets either.
+            ctx.state[RATE_STATE] = RateAsk(ctx.principal.key_id, limits.requests_per_minute,
+                                            limits.tokens_per_minute, tokens)
+            return
         if self.ledger is None:  # started with no rate limit configured (e.g. a test building the app)
             await self.start()
         assert self.ledger is not None
