@@ -10,6 +10,7 @@ import binascii
 import codecs
 import re
 from dataclasses import dataclass
+from itertools import compress
 from urllib.parse import unquote_plus
 
 MAX_DEPTH = 3
@@ -27,7 +28,7 @@ _URL_RE = re.compile(r"\S*(?:%[0-9a-fA-F]{2}\S*){3,}")
 # document costs ~1 ms). A match cannot cross whitespace and, when a token holds 3 or more escapes, is that whole
 # token; so each token holding "%" is tested by counting its escapes instead (same payloads, checked in tests).
 _PCT_RE = re.compile(r"%[0-9a-fA-F]{2}")
-_HEX_TOKEN_RE = re.compile(r"[0-9a-fA-F]{2}")
+_HEX_PAIRS = frozenset(a + b for a in "0123456789abcdefABCDEF" for b in "0123456789abcdefABCDEF")
 # rot13 of words that carry injections (ignore, previous, instructions, system, prompt, disregard, forget,
 # reveal, password, secret) — spotting one is what justifies decoding the whole text.
 _ROT13_HINTS = frozenset(
@@ -91,17 +92,17 @@ def _hex(segment: str) -> str | None:
 
 def _candidates(text: str, words: str) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
+    # Token filters run as C-level map/compress over the split: a Python loop over every token of a 4 KB text
+    # costs more than all the decoding that usually follows.
     tokens = text.split()
-    lengths = list(map(len, tokens))
-    long_tokens = [t for t in tokens if len(t) >= _MIN_TOKEN] if max(lengths, default=0) >= _MIN_TOKEN else []
+    long_tokens = list(compress(tokens, map(_MIN_TOKEN.__le__, map(len, tokens))))
     for tok in long_tokens:
         for m in _B64_RE.finditer(tok):
             decoded = _b64(m.group(0))
             if decoded:
                 found.append(("base64", decoded))
     hex_sources = long_tokens
-    # (counting two-character tokens at C speed first: most texts have too few for the exact count to matter)
-    if lengths.count(2) >= 8 and sum(1 for t in tokens if len(t) == 2 and _HEX_TOKEN_RE.fullmatch(t)) >= 8:
+    if sum(map(_HEX_PAIRS.__contains__, tokens)) >= 8:
         hex_sources = [text]
     for src in hex_sources:
         for m in _HEX_RE.finditer(src):

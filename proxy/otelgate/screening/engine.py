@@ -358,7 +358,7 @@ class _Starts:
     position finds a match exactly when ``search`` over the whole view would: no match can start elsewhere.
     """
 
-    __slots__ = ("_words", "_padded", "_folded", "_cache")
+    __slots__ = ("_cache", "_folded", "_padded", "_words")
 
     def __init__(self, words: str, folded: str) -> None:
         self._words = words
@@ -502,7 +502,8 @@ class Screener:
             text = text[:half] + "\n" + text[-half:]
         norm = normalize(text)
         tokens = norm.words.split(" ") if norm.words else []
-        for rule in self._matching_rules(norm, tokens):
+        distinct = set(tokens)
+        for rule in self._matching_rules(norm, tokens, distinct):
             evidence[rule.id] = (rule.weight, rule.category)
         if len(norm.hidden) >= _HIDDEN_MIN_CHARS:
             evidence["encoding.unicode_tags"] = (HIDDEN_TAGS_WEIGHT, "encoding_evasion")
@@ -520,7 +521,7 @@ class Screener:
                 evidence.setdefault(f"encoding.{payload.kind}", (DECODED_WEIGHT, "encoding_evasion"))
         model_part = 0.0
         if self.model is not None:
-            p = self.model.score(tokens)
+            p = self.model.score(tokens, distinct)
             floor = self.model.floor
             model_part = self.model.scale * max(0.0, p - floor) / (1.0 - floor)
             if model_part > 0.0:

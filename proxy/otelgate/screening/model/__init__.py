@@ -138,11 +138,12 @@ class InjectionModel:
         return [bias + sum(map(uni_of, set(tokens[s:e]))) + sum(map(bi_of, set(bigrams[s:e - 1])))
                 for s, e in windows(len(tokens))]
 
-    def score(self, tokens: list[str]) -> float:
-        """Probability (0..1) that the text is a prompt injection (its most suspicious window)."""
+    def score(self, tokens: list[str], distinct: set[str] | None = None) -> float:
+        """Probability (0..1) that the text is a prompt injection (its most suspicious window).
+        ``distinct``: set(tokens), if the caller has it."""
         if not tokens:
             return 0.0
-        return _sigmoid(max(self.window_logits(tokens)))
+        return _sigmoid(max(self.window_logits(tokens, distinct)))
 
 
 def _sigmoid(x: float) -> float:
