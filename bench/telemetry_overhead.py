@@ -112,10 +112,15 @@ async def run(tel: Telemetry | None, n: int, stream: bool) -> float:
     return (time.process_time() - started) / n * 1e6
 
 
-def build(mode: str) -> Telemetry | None:
+def build(mode: str, sink: str | None = None) -> Telemetry | None:
     if mode == "off":
         return None
     os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    telemetry_setup.USE_WIRE_ENCODER = mode != "otlp-sdk"
+    if mode.startswith("otlp-"):  # the real OTLP/HTTP exporters (traces, logs; metrics every 60 s) to a sink
+        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink or ""
+        # The loop here outruns any exporter: queues big enough that nothing is dropped (all work is counted).
+        os.environ["OTEL_BSP_MAX_QUEUE_SIZE"] = os.environ["OTEL_BLRP_MAX_QUEUE_SIZE"] = "200000"
     if mode == "capture":
         os.environ["OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"] = "true"
     else:
@@ -131,20 +136,31 @@ def build(mode: str) -> Telemetry | None:
     return tel
 
 
-async def in_process(n: int) -> None:
+async def in_process(n: int, modes: Sequence[str]) -> None:
+    sink_proc, sink = None, None
+    if any(mode.startswith("otlp-") for mode in modes):
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # noqa: ASYNC240 - once, before timing
+        from bench import _util as u
+
+        port = u.free_port()
+        sink_proc = u.spawn([sys.executable, "-m", "bench._util", "otlp-sink", "--port", str(port)], None, cwd=u.ROOT)
+        u.wait_port(port, proc=sink_proc)
+        sink = f"http://127.0.0.1:{port}"
     real_stdout = sys.stdout
     sys.stdout = open(os.devnull, "w")  # noqa: ASYNC230 - the access log binds stdout at construction
     results: dict[tuple[str, bool], float] = {}
     try:
         for stream in (False, True):
-            for mode in ("off", "metrics", "otlp", "capture"):
-                tel = build(mode)
+            for mode in modes:
+                tel = build(mode, sink)
                 results[mode, stream] = await run(tel, n, stream)
                 if tel is not None:
                     await tel.shutdown()
     finally:
         sys.stdout.close()
         sys.stdout = real_stdout
+        if sink_proc is not None:
+            u.stop(sink_proc)
     for (mode, stream), micros in results.items():
         extra = micros - results["off", stream]
         label = "streaming" if stream else "non-streaming"
@@ -171,6 +187,11 @@ def e2e(seconds: float, connections: int, split: bool = False, only: Sequence[st
             "off": {"OTELGATE_TELEMETRY__ENABLED": "false"},
             "on (no OTLP)": {"OTELGATE_TELEMETRY__ENABLED": "true"},
             "on + OTLP": {"OTELGATE_TELEMETRY__ENABLED": "true", **otlp},
+            "on + OTLP, SDK encoder": {
+                "OTELGATE_TELEMETRY__ENABLED": "true",
+                "OTELGATE_OTLP_SDK_ENCODER": "true",
+                **otlp,
+            },
         }
         if split:
             # One OTLP signal at a time: which exporter the cost comes from.
@@ -221,13 +242,20 @@ async def main() -> None:
     parser.add_argument("--e2e", action="store_true", help="measure `otelgate serve` end to end instead")
     parser.add_argument("--seconds", type=float, default=6)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--mode",
+        action="append",
+        choices=["off", "metrics", "otlp", "capture", "otlp-http", "otlp-sdk"],
+        help="in process: modes to run (repeatable); otlp-http / otlp-sdk export traces and logs over OTLP/HTTP to "
+        "a sink process with otelgate's encoder / the SDK's",
+    )
     parser.add_argument("--split", action="store_true", help="--e2e: also OTLP with one signal at a time")
     parser.add_argument("--only", action="append", default=[], help="--e2e: only this target (and off); repeatable")
     args = parser.parse_args()
     if args.e2e:
         e2e(args.seconds, args.connections, args.split, args.only)
     else:
-        await in_process(args.n)
+        await in_process(args.n, args.mode or ["off", "metrics", "otlp", "capture"])
 
 
 if __name__ == "__main__":

@@ -94,16 +94,30 @@ def key_value(key: str, value: Any) -> bytes:
     return _key(key) + _ld(b"\x12", any_value(value))
 
 
+_PAIRS: dict[tuple[str, str], bytes] = {}
+_MAX_PAIRS = 8192  # (key, short string value) -> encoded KeyValue: models, routes, providers, keys, teams repeat
+_PAIR_MAX_LEN = 128
+
+
 def attributes(tag: bytes, attrs: Mapping[str, Any] | None, skip_none: bool = False) -> bytes:
     """Repeated KeyValue under `tag` (an attribute the SDK fails to encode is left out, as there)."""
     if not attrs:
         return b""
     parts = []
-    keys, small = _KEYS, _SMALL
+    keys, small, pairs = _KEYS, _SMALL, _PAIRS
     for key, value in attrs.items():
         kind = type(value)
         # Strings and ints inline: most attributes are one of them and this loop is the encoder's hot spot.
         if kind is str:
+            if len(value) <= _PAIR_MAX_LEN:
+                kv = pairs.get((key, value))
+                if kv is None:
+                    kv = key_value(key, value)
+                    if len(pairs) < _MAX_PAIRS:
+                        pairs[key, value] = kv
+                n = len(kv)
+                parts.append(tag + (small[n] if n < 128 else varint(n)) + kv)
+                continue
             raw = value.encode("utf-8")
             n = len(raw)
             value_bytes = (b"\x0a" + small[n] if n < 128 else b"\x0a" + varint(n)) + raw

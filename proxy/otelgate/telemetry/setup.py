@@ -38,6 +38,10 @@ from otelgate import __version__
 from otelgate.telemetry import semconv as sc
 from otelgate.telemetry.aggregate import LocalMetrics
 
+# False: the SDK's own OTLP encoders for http/protobuf too — an escape hatch (OTELGATE_OTLP_SDK_ENCODER=true) and
+# what bench/telemetry_overhead.py compares against.
+USE_WIRE_ENCODER = os.environ.get("OTELGATE_OTLP_SDK_ENCODER", "").strip().lower() not in ("1", "true", "yes")
+
 # Process-wide: one instance id per process, as service.instance.id requires.
 INSTANCE_ID = str(uuid.uuid4())
 
@@ -202,6 +206,10 @@ def _span_exporter(protocol: str) -> SpanExporter:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpan
 
         return GrpcSpan()
+    if not USE_WIRE_ENCODER:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpan
+
+        return HttpSpan()
     # http/protobuf: the SDK exporter with otelgate's wire encoder (otlp_http.py).
     from otelgate.telemetry.otlp_http import WireSpanExporter
 
@@ -336,7 +344,7 @@ def build_providers(
 def _access_record_processor(protocol: str, resource: Resource, stats: ExportStats) -> AccessRecordProcessor | None:
     """OTLP/HTTP: access records encoded by otelgate; None (the SDK's log pipeline) for grpc, or if the SDK's
     internals this relies on are not there."""
-    if protocol == "grpc":
+    if protocol == "grpc" or not USE_WIRE_ENCODER:
         return None
     from otelgate.telemetry.otlp_http import WireLogExporter
 
