@@ -480,6 +480,71 @@ def prf(model: InjectionModel, rows: list[Row], threshold: float = 0.5) -> str:
     return f"n={len(rows)} P={p:.3f} R={rc:.3f} F1={_f1(tp, fp, fn):.3f} FPR={fpr:.3f}"
 
 
+# ------------------------------------------------------------------------------ recalibration on validation
+# The calibration above leaned on rule evidence for the dev-tune rows, from which the rules were written, and
+# was optimistic on new text. --recalibrate keeps the shipped weights and re-chooses floor and scale on rows
+# neither the model nor the rules were made from: the external *validation* files (never the -test files, never
+# the dev held-out bucket). Hard benign text not used in writing rules or training does not exist in this data,
+# so the false-positive bound also covers the validation files' benign rows, the dev-tune benign_hard rows and
+# the synthetic hard sentences (the last two seen in training: an optimistic bound, stated in docs).
+
+
+def recalibrate(max_fpr: float, out: Path, min_alone: float) -> None:
+    from otelgate.screening import Screener
+
+    screener = Screener.from_packs(["builtin"], use_model=False)
+    from otelgate.screening.model import load_model
+
+    model = load_model()
+    assert model is not None
+    dev_tune, dev_held = load_dev()
+    held = heldout_keys(dev_held)  # a validation row that also occurs in a held-out set is left out
+    sets = {name: [r for r in load_external(name) if _key(r.text) not in held] for name in VALIDATION_FILES}
+    hard = {"dev-tune benign_hard": [r for r in dev_tune if r.kind == "benign_hard"],
+            "synthetic hard": hard_negatives()}
+
+    def prepared(rows: list[Row]) -> list[tuple[int, float, float]]:
+        out_rows = []
+        for r in rows:
+            miss = 1.0
+            for w, _ in screener._evidence(r.text)[0].values():
+                miss *= 1.0 - w
+            out_rows.append((r.label, model.score(tokens_of(r.text)), miss))
+        return out_rows
+
+    data = {k: prepared(v) for k, v in {**sets, **hard}.items()}
+    best: tuple[float, float, float, str] = (-1.0, model.floor, model.scale, "")
+    for floor in (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99):
+        for scale in (0.2, 0.3, 0.4, 0.45, 0.5, 0.52, 0.55, 0.6, 0.7, 0.8, 0.9, 0.99):
+            def flagged(p: float, miss: float, floor: float = floor, scale: float = scale) -> bool:
+                return 1.0 - miss * (1.0 - scale * max(0.0, p - floor) / (1.0 - floor)) >= 0.5
+
+            fprs, f1s = {}, []
+            for k, rows in data.items():
+                tp = sum(flagged(p, m) and y == 1 for y, p, m in rows)
+                fp = sum(flagged(p, m) and y == 0 for y, p, m in rows)
+                fn = sum((not flagged(p, m)) and y == 1 for y, p, m in rows)
+                fprs[k] = fp / max(1, sum(y == 0 for y, _, _ in rows))
+                if k in sets:
+                    f1s.append(_f1(tp, fp, fn))
+            # The p at which the classifier flags on its own: topic mentions ("you are now a helpful assistant",
+            # "system prompt" repeated) reach p 0.95-0.99, and the product requires them to pass without rule
+            # evidence (tests: test_long_or_repetitive_text_..., test_second_batch_of_unseen_benign_texts_pass).
+            alone = floor + 0.5 * (1.0 - floor) / scale if scale > 0.5 else 1.0
+            if max(fprs.values()) > max_fpr or alone < min_alone:
+                continue
+            score = sum(f1s) / len(f1s)
+            if score > best[0]:
+                note = ", ".join([f"{k} F1 {f:.3f}" for k, f in zip(sets, f1s, strict=True)]
+                                 + [f"{k} FPR {v:.3f}" for k, v in fprs.items()])
+                best = (score, floor, scale, f"validation files: {note}")
+    _, floor, scale, note = best
+    print(f"chosen: floor {floor}, scale {scale}: {note}")
+    meta = json.loads((out / MODEL_META).read_text(encoding="utf-8"))
+    meta.update(floor=floor, scale=scale, calibration=note)
+    (out / MODEL_META).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cv", type=int, default=4, help="folds for choosing the calibration (out-of-fold)")
@@ -488,7 +553,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--l2", type=lambda v: [float(x) for x in v.split(",")], default=[3e-4, 1e-3],
                     help="comma-separated L2 strengths to choose from (by the same out-of-fold objective)")
     ap.add_argument("--out", type=Path, default=REPO / "proxy/otelgate/screening/model")
+    ap.add_argument("--recalibrate", action="store_true",
+                    help="keep the shipped weights; re-choose floor/scale on the external validation files")
+    ap.add_argument("--min-alone", type=float, default=0.985,
+                    help="with --recalibrate: lowest p at which the classifier may flag without rule evidence")
     args = ap.parse_args(argv)
+    if args.recalibrate:
+        recalibrate(args.max_hard_fpr, args.out, args.min_alone)
+        return 0
 
     dev_tune, dev_held = load_dev()
     rows = training_rows(dev_tune, heldout_keys(dev_held))
