@@ -154,6 +154,10 @@ class ResilientLedger(Ledger):
         self._stalls = 0
         return out
 
+    def _clear(self) -> bool:
+        """The common case, without a coroutine: the store is up and nothing waits to be handed over."""
+        return self._down_since is None and not self.journal and not self.orphans
+
     async def _healthy(self, deadline: float) -> bool:
         """True when calls should go to the store. While it is down: False, except that every
         ``probe_interval`` one caller probes it (within its own deadline) and, when it answers, brings it
@@ -207,7 +211,7 @@ class ResilientLedger(Ledger):
                       now: float | None = None, rate: RateAsk | None = None) -> Reservation | Refusal:
         deadline = self._deadline()
         self._limits_of[request_id] = tuple(limits)
-        if await self._healthy(deadline):
+        if self._clear() or await self._healthy(deadline):
             try:
                 if rate is None:  # stores written before folded rate limits still work
                     return await self._call(lambda: self.inner.reserve(request_id, limits, amount, now), deadline)
@@ -234,7 +238,7 @@ class ResilientLedger(Ledger):
         lims = tuple(limits) if limits is not None else self._limits_of.get(request_id, ())
         self._limits_of.pop(request_id, None)
         at = time.time() if now is None else now
-        if request_id not in self._local_ids and await self._healthy(deadline):
+        if request_id not in self._local_ids and (self._clear() or await self._healthy(deadline)):
             try:
                 return await self._call(lambda: self.inner.settle(request_id, actual, list(lims), now=at),
                                         deadline)
