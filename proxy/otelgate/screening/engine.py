@@ -404,23 +404,26 @@ class _HeadIndex:
 
     def __init__(self, heads: Iterable[str]) -> None:
         self.whole: dict[str, list[str]] = {}  # first word -> heads whose first word is a whole token
-        self.by_prefix: dict[int, dict[str, list[str]]] = {}  # n -> first-word prefix of length n -> heads
+        self.by_prefix: dict[str, list[str]] = {}  # first 4 letters of the first word -> heads
+        # Heads whose first word is shorter than 4 letters and not a whole token ("be", "sys"): always live.
+        # Gating them needs sets of 2- and 3-letter token prefixes, which cost more than looking for them.
+        self.short: set[str] = set()
         for head in set(heads):
             first, space, _ = head.partition(" ")
             if space:
                 self.whole.setdefault(first, []).append(head)
+            elif len(first) >= 4:
+                self.by_prefix.setdefault(first[:4], []).append(head)
             else:
-                n = min(len(first), 4)
-                self.by_prefix.setdefault(n, {}).setdefault(first[:n], []).append(head)
+                self.short.add(head)
 
     def live(self, token_set: set[str], prefix_set: set[str]) -> set[str]:
-        out: set[str] = set()
+        out = set(self.short)
         for first in token_set.intersection(self.whole):
             out.update(self.whole[first])
-        for n, groups in self.by_prefix.items():
-            present = prefix_set if n == 4 else {t[:n] for t in token_set}
-            for key in present.intersection(groups):
-                out.update(groups[key])
+        groups = self.by_prefix
+        for key in prefix_set.intersection(groups):
+            out.update(groups[key])
         return out
 
 
