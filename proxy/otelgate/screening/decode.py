@@ -90,7 +90,7 @@ def _hex(segment: str) -> str | None:
         return None
 
 
-def _candidates(text: str, words: str) -> list[tuple[str, str]]:
+def _candidates(text: str, words: str, word_set: set[str] | None = None) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     # Token filters run as C-level map/compress over the split: a Python loop over every token of a 4 KB text
     # costs more than all the decoding that usually follows.
@@ -115,16 +115,16 @@ def _candidates(text: str, words: str) -> list[tuple[str, str]]:
                 decoded = unquote_plus(tok)
                 if decoded != tok:
                     found.append(("url", decoded))
-    if not _ROT13_HINTS.isdisjoint(words.split()) or "rot 13" in words:
+    if "rot 13" in words or not _ROT13_HINTS.isdisjoint(word_set if word_set is not None else words.split()):
         found.append(("rot13", codecs.encode(text, "rot13")))
     return found
 
 
-def decode_payloads(text: str, words: str | None = None) -> list[Decoded]:
+def decode_payloads(text: str, words: str | None = None, word_set: set[str] | None = None) -> list[Decoded]:
     """Every decodable payload in ``text``, nested ones included (breadth first, bounded).
 
     ``words`` is the normalised words view of ``text`` if the caller has it (saves recomputing it); it is only
-    used to spot rot13 hints.
+    used to spot rot13 hints; ``word_set`` is the set of its tokens if the caller has it.
     """
     from otelgate.screening.normalize import normalize
 
@@ -134,7 +134,7 @@ def decode_payloads(text: str, words: str | None = None) -> list[Decoded]:
     for depth in range(1, MAX_DEPTH + 1):
         nxt: list[tuple[str, str]] = []
         for src, src_words in frontier:
-            for kind, decoded in _candidates(src, src_words):
+            for kind, decoded in _candidates(src, src_words, word_set if depth == 1 else None):
                 if len(out) >= MAX_SEGMENTS or budget <= 0:
                     return out
                 decoded = decoded[:budget]

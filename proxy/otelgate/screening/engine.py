@@ -510,7 +510,7 @@ class Screener:
             evidence[rule.id] = (rule.weight, rule.category)
         if len(norm.hidden) >= _HIDDEN_MIN_CHARS:
             evidence["encoding.unicode_tags"] = (HIDDEN_TAGS_WEIGHT, "encoding_evasion")
-        payloads = decode_payloads(text, norm.words)
+        payloads = decode_payloads(text, norm.words, distinct)
         if norm.hidden:
             payloads = [*payloads, *decode_payloads(norm.hidden)]
             payloads.insert(0, Decoded("unicode_tags", norm.hidden, 1))
