@@ -72,7 +72,23 @@ _SPACED_SEP_RE = re.compile(r"[ .\-_*/]")
 # Cheap gate for the above (three single characters with separators between them), searched with a leading
 # space so that a spaced word at the very start is seen too.
 _SPACED_GATE_RE = re.compile(r"\W\w[ .\-_*/]\w[ .\-_*/]\w(?!\w)")
-_SPACED_PRE_GATE_RE = re.compile(r"[ .\-_*/]\w[ .\-_*/]\w(?!\w)")
+# The tail of that gate, found at every position (zero-width, so overlapping hits are all seen): it starts at a
+# separator, which the regex engine can skip to, while the gate itself starts with \W and tries every position.
+_SPACED_TAIL_RE = re.compile(r"(?=[ .\-_*/]\w[ .\-_*/]\w(?!\w))")
+
+
+def _is_word(ch: str) -> bool:
+    return ch.isalnum() or ch == "_"  # exactly the regex class \w for str patterns
+
+
+def _has_spaced_letters(padded: str) -> bool:
+    """``_SPACED_GATE_RE.search(padded)``, computed as the tail regex plus a look at the two characters before
+    each hit (a single word character preceded by a non-word one)."""
+    for m in _SPACED_TAIL_RE.finditer(padded):
+        p = m.start()
+        if p >= 2 and _is_word(padded[p - 1]) and not _is_word(padded[p - 2]):
+            return True
+    return False
 _ASCII_PUNCT = "".join(chr(c) for c in range(128) if not chr(c).isalnum())
 _ASCII_PUNCT_TO_SPACE = str.maketrans(_ASCII_PUNCT, " " * len(_ASCII_PUNCT))
 
@@ -187,10 +203,7 @@ def words_view(base: str, wide: frozenset[str] | None = None) -> str:
     """The matching view, from folded text whose whitespace is not yet collapsed (so that a double space
     still separates s p a c e d words). ``wide``: the distinct non-ASCII characters of ``base`` if known."""
     text = _fold_leet_text(base)
-    padded = " " + text + " "
-    # The first regex is a cheaper necessary condition of the second (it starts at a separator, which the
-    # regex engine can skip to); together they decide exactly what the second alone would.
-    if _SPACED_PRE_GATE_RE.search(padded) and _SPACED_GATE_RE.search(padded):
+    if _has_spaced_letters(" " + text + " "):
         text = _SPACED_RE.sub(_join_spaced, text)
     # Every character that is not alphanumeric becomes a space and runs of spaces collapse. For ASCII text a
     # translate + split gives the same result as _NON_WORD_RE.sub(" ", text).strip(), several times faster
