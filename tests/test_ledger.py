@@ -577,3 +577,21 @@ async def test_folded_rate_limit_is_all_or_nothing(ledger: Ledger) -> None:
     # the buckets are the same ones rate_limit() uses
     assert isinstance(await ledger.rate_limit("k", 3, None, 0, now=T0), Refusal)
     assert await ledger.rate_limit("k", 3, None, 0, now=T0 + 20) is None
+
+
+def test_hand_built_payload_is_the_generic_json() -> None:
+    """The stores' reservation documents are built by hand for speed; they must say exactly what the generic
+    encoder said (Lua's cjson and the settle read them back)."""
+    from otelgate.budgets.counters import payload_json, plan
+
+    limits = [Limit("key", 'we"ird\\id é', Window.day("Europe/Paris"), usd=10.0),
+              Limit("team", "t", Window.month(tz="America/New_York"), usd=1000.0, tokens=50_000_000),
+              Limit("global", "all", Window.hours(5), calls=7),
+              Limit("session", "abc", Window.session(ttl_seconds=86400), calls=50, tokens=200_000, usd=5.0)]
+    for now in (T0, T0 + 0.123456789, 1e9 + 1 / 3):
+        refs = plan(limits, now)
+        for amt in (None, (123456789, 42, 1)):
+            generic: dict[str, object] = {"refs": [r.wire() for r in refs]}
+            if amt is not None:
+                generic["amt"] = list(amt)
+            assert payload_json(refs, amt) == json.dumps(generic, separators=(",", ":"))

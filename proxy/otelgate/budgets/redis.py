@@ -17,24 +17,27 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from . import ratelimit
-from .counters import CounterRef, alert_mark_prefix, plan, refusal_for, scope_prefix, usage_rows, window_spend
+from .counters import (
+    CounterRef,
+    alert_mark_prefix,
+    payload_json,
+    plan,
+    refusal_for,
+    scope_prefix,
+    usage_rows,
+    window_spend,
+)
 from .ledger import Amount, Ledger, Limit, RateAsk, Refusal, Reservation, SettleResult, UsageRow
 from .redis_lua import RATE as RATE_LUA
 from .redis_lua import READ, RELEASE, RESERVE, RESET, SETTLE
 from .resp import RespConnection
-
-_JSON = {"separators": (",", ":")}
 
 
 def _plain(url: str) -> bool:
     return url.startswith("redis://") and "?" not in url
 
 
-def _payload(refs: list[CounterRef], amt: tuple[int, int, int] | None = None) -> str:
-    d: dict[str, Any] = {"refs": [r.wire() for r in refs]}
-    if amt is not None:
-        d["amt"] = list(amt)
-    return json.dumps(d, **_JSON)  # type: ignore[arg-type]
+_payload = payload_json
 
 
 class RedisLedger(Ledger):

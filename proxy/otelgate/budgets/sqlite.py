@@ -22,6 +22,7 @@ from .counters import (
     CounterRef,
     alert_mark_prefix,
     limit_json,
+    payload_json,
     plan,
     refusal_for,
     scope_prefix,
@@ -263,7 +264,7 @@ class SqliteLedger(Ledger):
                 self._apply(c, ref, (0, 0, 0, *amt), now)
                 self._register(c, ref, now)
             exp = now + self.reservation_ttl
-            payload = json.dumps({"refs": [r.wire() for r in refs], "amt": list(amt)}, separators=(",", ":"))
+            payload = payload_json(refs, amt)
             c.execute("INSERT INTO reservations (id, body, expires_at) VALUES (?, ?, ?)", (rid, payload, exp))
             return Reservation(rid, amount, limits, exp)
 
