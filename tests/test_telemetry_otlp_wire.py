@@ -133,3 +133,17 @@ def test_varint_matches_protobuf_for_edge_values() -> None:
 
     for value in (0, 1, 127, 128, 300, 2**31, 2**63 - 1, -1, -(2**63)):
         assert AnyValue.FromString(otlp_wire.any_value(value)) == AnyValue(int_value=value)
+
+
+def test_cached_fields_keep_types_apart_and_survive_a_full_cache(monkeypatch: Any) -> None:
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+    monkeypatch.setattr(otlp_wire, "_MAX_FIELDS", 8)
+    values: list[Any] = [1, True, "1", 1.0, 0, False, "", *range(20), 1, True, "1"]
+    for value in values:
+        encoded = otlp_wire.attributes(b"\x0a", {"a": value})
+        kv = KeyValue.FromString(encoded[2:])  # tag and one-byte length
+        assert kv.key == "a"
+        assert kv.value == AnyValue.FromString(otlp_wire.any_value(value))
+        assert type(getattr(kv.value, kv.value.WhichOneof("value"))) is type(value)
+    assert len(otlp_wire._FIELDS[b"\x0a"]) <= 8

@@ -94,47 +94,48 @@ def key_value(key: str, value: Any) -> bytes:
     return _key(key) + _ld(b"\x12", any_value(value))
 
 
-_PAIRS: dict[tuple[str, str], bytes] = {}
-_MAX_PAIRS = 8192  # (key, short string value) -> encoded KeyValue: models, routes, providers, keys, teams repeat
-_PAIR_MAX_LEN = 128
+# (key, value) -> the whole tagged KeyValue field, per field tag, for short strings and ints: models, routes,
+# providers, keys, teams, statuses and ports repeat from call to call. Bounded: cleared when full.
+_FIELDS: dict[bytes, dict[tuple[str, Any], bytes]] = {}
+_MAX_FIELDS = 16384
+_CACHE_MAX_LEN = 128
+
+
+def _field(tag: bytes, kv: bytes) -> bytes:
+    n = len(kv)
+    return tag + (_SMALL[n] if n < 128 else varint(n)) + kv
 
 
 def attributes(tag: bytes, attrs: Mapping[str, Any] | None, skip_none: bool = False) -> bytes:
     """Repeated KeyValue under `tag` (an attribute the SDK fails to encode is left out, as there)."""
     if not attrs:
         return b""
+    cache = _FIELDS.get(tag)
+    if cache is None:
+        cache = _FIELDS[tag] = {}
     parts = []
-    keys, small, pairs = _KEYS, _SMALL, _PAIRS
     for key, value in attrs.items():
         kind = type(value)
-        # Strings and ints inline: most attributes are one of them and this loop is the encoder's hot spot.
-        if kind is str:
-            if len(value) <= _PAIR_MAX_LEN:
-                kv = pairs.get((key, value))
-                if kv is None:
-                    kv = key_value(key, value)
-                    if len(pairs) < _MAX_PAIRS:
-                        pairs[key, value] = kv
-                n = len(kv)
-                parts.append(tag + (small[n] if n < 128 else varint(n)) + kv)
-                continue
-            raw = value.encode("utf-8")
-            n = len(raw)
-            value_bytes = (b"\x0a" + small[n] if n < 128 else b"\x0a" + varint(n)) + raw
-        elif kind is int:
-            value_bytes = b"\x18" + (small[value] if 0 <= value < 128 else varint(value))
+        # Strings and ints (most attributes) through the cache: this loop is the encoder's hot spot.
+        if kind is str or kind is int:
+            if kind is int or len(value) <= _CACHE_MAX_LEN:
+                pair = (key, value)
+                encoded = cache.get(pair)
+                if encoded is None:
+                    encoded = _field(tag, key_value(key, value))
+                    if len(cache) >= _MAX_FIELDS:
+                        cache.clear()  # full of one-off ids: start over so the repeating values are cached again
+                    cache[pair] = encoded
+                parts.append(encoded)
+            else:
+                parts.append(_field(tag, key_value(key, value)))
         elif value is None and skip_none:
             continue
         else:
             try:
-                value_bytes = any_value(value)
+                parts.append(_field(tag, key_value(key, value)))
             except Exception:
                 continue
-        encoded_key = keys.get(key) or _key(key)
-        n = len(value_bytes)
-        kv = encoded_key + (b"\x12" + small[n] if n < 128 else b"\x12" + varint(n)) + value_bytes
-        n = len(kv)
-        parts.append(tag + (small[n] if n < 128 else varint(n)) + kv)
     return b"".join(parts)
 
 
