@@ -595,3 +595,21 @@ def test_hand_built_payload_is_the_generic_json() -> None:
             if amt is not None:
                 generic["amt"] = list(amt)
             assert payload_json(refs, amt) == json.dumps(generic, separators=(",", ":"))
+
+
+async def test_settle_after_midnight_charges_the_reservations_day(ledger: Ledger) -> None:
+    """Usage goes to the windows of the reservation (the instant the request started), also when the settle's
+    own windows differ (Redis then reads the reservation's references back instead of the caller's)."""
+    lim = usd_limit(10.0)
+    day_start = datetime(2026, 11, 26, tzinfo=UTC).timestamp()
+    late = day_start + 86400 - 1
+    assert isinstance(await ledger.reserve("mid", [lim], Amount(2.0, 10, 1), now=late), Reservation)
+    res = await ledger.settle("mid", Amount(1.5, 10, 1), [lim], now=late + 31)
+    assert res.applied and res.spends[0].window_start == day_start
+    assert res.spends[0].spent.usd == pytest.approx(1.5) and res.spends[0].reserved.usd == 0
+    assert await spent(ledger, lim, now=late) == pytest.approx(1.5)
+    assert await spent(ledger, lim, now=late + 31) == 0
+    # same day: the reservation's references are the caller's own
+    assert isinstance(await ledger.reserve("day", [lim], Amount(2.0, 10, 1), now=late + 40), Reservation)
+    res = await ledger.settle("day", Amount(0.5, 10, 1), [lim], now=late + 50)
+    assert res.spends[0].window_start == day_start + 86400 and res.spends[0].spent.usd == pytest.approx(0.5)

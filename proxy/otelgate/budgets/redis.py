@@ -94,13 +94,15 @@ class RedisLedger(Ledger):
     async def settle(self, request_id: str, actual: Amount, limits: list[Limit] | None = None,
                      now: float | None = None) -> SettleResult:
         now = time.time() if now is None else now
+        fallback = plan(limits or [], now)
+        u, t, c = actual.to_nano()
         out = await self._run("settle", self.prefix, repr(now), request_id, str(self.settled_ttl),
-                             json.dumps(list(actual.to_nano())), _payload(plan(limits or [], now)))
+                             f"[{u},{t},{c}]", _payload(fallback))
         if int(out[0]) == 0:
             return SettleResult(request_id, False)
         body = out[1]
-        refs = ([CounterRef.from_wire(w) for w in json.loads(body)["refs"]] if body
-                else plan(limits or [], now))
+        refs = (fallback if body in ("", "=")
+                else [CounterRef.from_wire(w) for w in json.loads(body)["refs"]])
         vals = [int(x) for x in out[2:]]
         spends = tuple(window_spend(ref, vals[6 * i:6 * i + 6]) for i, ref in enumerate(refs))
         return SettleResult(request_id, True, spends)

@@ -203,6 +203,7 @@ return {1, exp}
 """
 
 # ARGV: prefix, now, id, settled ttl, actual [u,t,c], fallback payload {refs}
+# -> {0} already settled | {1, reservation body, '=' (its refs are the fallback's) or '' (none), six numbers per ref}
 SETTLE = PRELUDE + r"""
 local now = tonumber(ARGV[2])
 local id = ARGV[3]
@@ -218,6 +219,12 @@ else
 end
 local x = cjson.decode(ARGV[5])
 local out = {1, body or ''}
+-- The reservation's references are exactly the caller's own (same day or month): say so instead of sending
+-- them back for the caller to decode.
+local fb = ARGV[6]
+if body and string.sub(body, 1, #fb - 1) == string.sub(fb, 1, #fb - 1) and string.sub(body, #fb, #fb) == ',' then
+  out[2] = '='
+end
 for _, ref in ipairs(refs) do
   apply(ref, {x[1], x[2], x[3], -a[1], -a[2], -a[3]}, now)
   if not body then register(ref, now) end
