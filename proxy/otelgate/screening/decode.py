@@ -28,6 +28,7 @@ _URL_RE = re.compile(r"\S*(?:%[0-9a-fA-F]{2}\S*){3,}")
 # document costs ~1 ms). A match cannot cross whitespace and, when a token holds 3 or more escapes, is that whole
 # token; so each token holding "%" is tested by counting its escapes instead (same payloads, checked in tests).
 _PCT_RE = re.compile(r"%[0-9a-fA-F]{2}")
+_HEX_RUN_RE = re.compile(r"[0-9a-fA-F :\\x]{16,}")
 _HEX_PAIRS = frozenset(a + b for a in "0123456789abcdefABCDEF" for b in "0123456789abcdefABCDEF")
 # rot13 of words that carry injections (ignore, previous, instructions, system, prompt, disregard, forget,
 # reveal, password, secret) — spotting one is what justifies decoding the whole text.
@@ -103,7 +104,10 @@ def _candidates(text: str, words: str, word_set: set[str] | None = None) -> list
                 found.append(("base64", decoded))
     hex_sources = long_tokens
     if sum(map(_HEX_PAIRS.__contains__, tokens)) >= 8:
-        hex_sources = [text]
+        # Every hex match consists of hex digits, " ", ":", "\\" and "x" only, and its look-arounds only test for
+        # hex digits, which never sit next to such a run; so searching the runs of 16+ of these characters finds
+        # exactly the matches a search of the whole text finds, without trying every position of the prose.
+        hex_sources = _HEX_RUN_RE.findall(text)
     for src in hex_sources:
         for m in _HEX_RE.finditer(src):
             decoded = _hex(m.group(0))
