@@ -9,7 +9,6 @@ set by expiry, swept by every reserve), ``d:<request>`` settled marks (idempoten
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from typing import Any
@@ -30,12 +29,6 @@ from .counters import (
 from .ledger import Amount, Ledger, Limit, RateAsk, Refusal, Reservation, SettleResult, UsageRow
 from .redis_lua import RATE as RATE_LUA
 from .redis_lua import READ, RELEASE, RESERVE, RESET, SETTLE
-from .resp import RespConnection
-
-
-def _plain(url: str) -> bool:
-    return url.startswith("redis://") and "?" not in url
-
 
 _payload = payload_json
 
@@ -53,21 +46,13 @@ class RedisLedger(Ledger):
                                                     decode_responses=True)
         self._read = self._r.register_script(READ)
         self._reset = self._r.register_script(RESET)
-        # The per-request scripts go through one pipelined connection of our own when the URL allows it
-        # (resp.py: redis-py's per-command overhead was most of the store's CPU); otherwise through redis-py.
-        self._fast = RespConnection(url, timeout=socket_timeout) if client is None and _plain(url) else None
-        self._run = self._fast_script if self._fast is not None else self._redispy_script
-        self._scripts = {name: (hashlib.sha1(src.encode()).hexdigest(), src, self._r.register_script(src))
+        self._scripts = {name: self._r.register_script(src)
                          for name, src in (("reserve", RESERVE), ("settle", SETTLE), ("release", RELEASE),
                                            ("rate", RATE_LUA))}
 
-    async def _fast_script(self, name: str, *args: Any) -> Any:
-        sha, src, _ = self._scripts[name]
-        assert self._fast is not None
-        return await self._fast.evalsha(sha, src, *args)
-
-    async def _redispy_script(self, name: str, *args: Any) -> Any:
-        return await self._scripts[name][2](args=list(args))
+    async def _run(self, name: str, *args: Any) -> Any:
+        # redis-py's Script runs EVALSHA and reloads the script if the server forgot it (NOSCRIPT).
+        return await self._scripts[name](args=list(args))
 
     async def reserve(self, request_id: str, limits: list[Limit], amount: Amount,
                       now: float | None = None, rate: RateAsk | None = None) -> Reservation | Refusal:
@@ -170,12 +155,7 @@ class RedisLedger(Ledger):
         return bool(await self._r.set(self.prefix + "m:" + mark, "1", nx=True, px=max(1, int(ttl_seconds * 1000))))
 
     async def ping(self) -> None:
-        if self._fast is not None:  # probe the connection the hot path uses
-            await self._fast.call("PING")
-        else:
-            await self._r.ping()
+        await self._r.ping()
 
     async def close(self) -> None:
-        if self._fast is not None:
-            await self._fast.close()
         await self._r.aclose()
