@@ -147,3 +147,21 @@ def test_cached_fields_keep_types_apart_and_survive_a_full_cache(monkeypatch: An
         assert kv.value == AnyValue.FromString(otlp_wire.any_value(value))
         assert type(getattr(kv.value, kv.value.WhichOneof("value"))) is type(value)
     assert len(otlp_wire._FIELDS[b"\x0a"]) <= 8
+
+
+def test_protocol_chooses_the_wire_path_for_http_and_the_sdk_for_grpc(monkeypatch: Any) -> None:
+    from otelgate.telemetry.otlp_http import WireSpanExporter
+    from otelgate.telemetry.setup import build_providers
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
+    for protocol, wire in (("http/protobuf", True), ("grpc", False)):
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+        providers = build_providers([])
+        try:
+            exporter = providers.span_processors[0].span_exporter._inner  # type: ignore[attr-defined]
+            assert isinstance(exporter, WireSpanExporter) is wire
+            assert (providers.access_records is not None) is wire
+            assert providers.logger_provider is not None
+        finally:
+            providers.shutdown(1000)
