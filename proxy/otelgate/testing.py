@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from otelgate.totals import CallTotals
+
 if TYPE_CHECKING:
     from otelgate.evals.gateway import EvalGateway, RunSite
     from otelgate.evals.recorder import CallRecord, ToolCallRecord, ToolResultRecord
@@ -36,7 +38,7 @@ __all__ = ["LLMHarness", "ScriptedLLM", "otelgate_llm"]
 _PLACEHOLDER_KEY = "sk-otelgate-test"
 
 
-class ScriptedLLM:
+class ScriptedLLM(CallTotals):
     """One gateway (with the test's config) in front of one scripted queue of the simulated upstream."""
 
     def __init__(self, harness: LLMHarness, gateway: EvalGateway, site: RunSite, queue: str) -> None:
@@ -83,14 +85,7 @@ class ScriptedLLM:
         """Every request the agent made through the gateway, refused ones included, in order of completion."""
         return self._site.recording.settled()
 
-    @property
-    def llm_calls(self) -> list[CallRecord]:
-        return [call for call in self.calls if call.generates]
 
-    @property
-    def iterations(self) -> int:
-        """LLM calls the agent made (messages / chat completions / responses requests)."""
-        return len(self.llm_calls)
 
     @property
     def tool_calls(self) -> list[ToolCallRecord]:
@@ -107,23 +102,9 @@ class ScriptedLLM:
         results on every turn, so a result appears once per request that carried it."""
         return [result for call in self.calls for result in call.tool_results]
 
-    @property
-    def input_tokens(self) -> int:
-        return sum(call.input_tokens for call in self.calls)
 
-    @property
-    def output_tokens(self) -> int:
-        return sum(call.output_tokens for call in self.calls)
 
-    @property
-    def tokens(self) -> int:
-        return self.input_tokens + self.output_tokens
 
-    @property
-    def usd(self) -> float | None:
-        """Cost of the calls the gateway priced; None when it priced none."""
-        priced = [call.usd for call in self.calls if call.usd is not None]
-        return sum(priced) if priced else None
 
     @property
     def refusals(self) -> list[CallRecord]:

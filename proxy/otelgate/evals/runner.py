@@ -23,6 +23,7 @@ from otelgate.evals.cases import Case
 from otelgate.evals.gateway import SESSION_HEADER, SIM_QUEUE_HEADER, EvalGateway, with_upstream
 from otelgate.evals.judge import judge
 from otelgate.evals.recorder import CallRecord, Recording
+from otelgate.totals import CallTotals
 
 DEFAULT_TIMEOUT = 300.0
 # Scripted runs need no real key, but SDKs refuse to start without one.
@@ -30,7 +31,7 @@ _PLACEHOLDER_KEY = "sk-otelgate-eval-scripted"
 
 
 @dataclass
-class RunResult:
+class RunResult(CallTotals):
     """One execution of a case."""
 
     case: Case
@@ -49,34 +50,15 @@ class RunResult:
     def passed(self) -> bool:
         return not self.reasons
 
-    @property
-    def llm_calls(self) -> list[CallRecord]:
-        return [call for call in self.calls if call.generates]
 
-    @property
-    def iterations(self) -> int:
-        return len(self.llm_calls)
 
     @property
     def tool_calls(self) -> list[str]:
         return [tool.name for call in self.calls for tool in call.tool_calls]
 
-    @property
-    def input_tokens(self) -> int:
-        return sum(call.input_tokens for call in self.calls)
 
-    @property
-    def output_tokens(self) -> int:
-        return sum(call.output_tokens for call in self.calls)
 
-    @property
-    def tokens(self) -> int:
-        return self.input_tokens + self.output_tokens
 
-    @property
-    def usd(self) -> float | None:
-        priced = [call.usd for call in self.calls if call.usd is not None]
-        return sum(priced) if priced else None
 
 
 @dataclass
