@@ -123,26 +123,7 @@ def _rule_from_dict(raw: Any, source: str, index: int) -> Rule:
 
 
 def _top_level_alternation(src: str) -> bool:
-    depth = 0
-    in_class = False
-    i = 0
-    while i < len(src):
-        ch = src[i]
-        if ch == "\\":
-            i += 2
-            continue
-        if in_class:
-            in_class = ch != "]"
-        elif ch == "[":
-            in_class = True
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == "|" and depth == 0:
-            return True
-        i += 1
-    return False
+    return len(_split_top(src)) > 1
 
 
 # Literal text at the start of a regex: letters and digits of any script, spaces and hyphens.
