@@ -40,16 +40,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("otelgate.budget")
 
 NAME = "budget"
-# ctx.state key of a rate-limit check the limits filter left for this filter's reserve to do in the same store
-# call (one round trip instead of two; all or nothing).
-RATE_STATE = "limits.rate"
-# Settings whose started BudgetFilter takes those checks. The limits filter defers only to a registered one,
-# so a chain without a budget filter still checks rate limits itself; never both, never neither.
-_RATE_FOLDED: dict[int, Settings] = {}
-
-
-def folds_rate_limits(settings: Settings) -> bool:
-    return _RATE_FOLDED.get(id(settings)) is settings
 
 
 def make_pricing(settings: Settings) -> Pricing:
@@ -164,7 +154,7 @@ class _Hold:
     """This filter's per-request state (ctx.state["budget"])."""
 
     limits: list[Limit]
-    worst: Amount
+    worst: Amount | None  # the priced worst case; None when no limit applied (then it is only priced if needed)
     reserved: bool = False
     finished: bool = False
     alerts: list[Any] = field(default_factory=list)
@@ -189,11 +179,8 @@ class BudgetFilter:
         cfg = self.settings.budgets
         self.alerter = BudgetAlerter(self.ledger, thresholds=cfg.alert_thresholds,
                                      alertmanager_url=cfg.alertmanager_url)
-        _RATE_FOLDED[id(self.settings)] = self.settings
 
     async def close(self) -> None:
-        if _RATE_FOLDED.get(id(self.settings)) is self.settings:
-            del _RATE_FOLDED[id(self.settings)]
         if self.alerter is not None:
             await self.alerter.close()
         if self.ledger is not None:
@@ -224,11 +211,17 @@ class BudgetFilter:
         if not ctx.route.generates or ctx.principal is None or ctx.json is None or ctx.model is None:
             return
         limits = principal_limits(self.settings, ctx.principal, ctx.session_id, self.limit_cache)
+        caps = ctx.principal.limits
+        if not limits and not caps.requests_per_minute and not caps.tokens_per_minute:
+            ctx.state[NAME] = _Hold(limits, None)  # nothing to reserve: the body is not even estimated
+            return
         hold = _Hold(limits, self.worst_case(ctx))
         ctx.state[NAME] = hold
-        rate: RateAsk | None = ctx.state.pop(RATE_STATE, None)
-        if not limits and rate is None:
-            return
+        # Rate limits are checked in the same store call as the reserve: one round trip, all or nothing (a request
+        # the budget refuses takes nothing from the rate buckets).
+        rate = None
+        if caps.requests_per_minute or caps.tokens_per_minute:
+            rate = RateAsk(ctx.principal.key_id, caps.requests_per_minute, caps.tokens_per_minute, hold.worst.tokens)
         assert self.ledger is not None, "BudgetFilter.start() was not run"
         try:
             if not limits:
@@ -284,8 +277,9 @@ class BudgetFilter:
             return Amount(usd=ctx.cost_usd, tokens=usage.total, calls=1)
         status = ctx.result.status
         if status is not None and status < 400:
-            ctx.cost_usd = hold.worst.usd
-            return hold.worst
+            worst = hold.worst or self.worst_case(ctx)
+            ctx.cost_usd = worst.usd
+            return worst
         ctx.cost_usd = 0.0  # an error answer (or none): providers do not bill it; the call still counts
         return Amount(calls=1)
 
