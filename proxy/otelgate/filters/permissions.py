@@ -92,8 +92,7 @@ class PermissionsFilter:
                 f"tool {tool[:_MAX_NAME]!r} is not permitted for key {key_id} ({why})",
                 reason="tool_permission",
             )
-        ctx.provider.remove_tools(ctx.json, set(forbidden))
-        _drop_forced_choice(ctx.json, set(forbidden))
+        ctx.provider.remove_tools(ctx.json, set(forbidden))  # also drops a tool_choice that forced one of them
         ctx.body_modified = True
         names = sorted(name[:_MAX_NAME] for name in forbidden)
         ctx.response_headers[REMOVED_HEADER] = ",".join(names)
@@ -149,15 +148,3 @@ class PermissionsFilter:
 def _is_pattern(name: str) -> bool:
     return any(ch in name for ch in "*?[")
 
-
-def _drop_forced_choice(body: dict[str, Any], removed: set[str]) -> None:
-    """A tool_choice that forces a removed tool would make the upstream reject the request: fall back to auto
-    (dropping the field) — Anthropic {"type":"tool","name":X}, Chat {"type":"function","function":{"name":X}},
-    Responses {"type":"function","name":X}."""
-    choice = body.get("tool_choice")
-    if not isinstance(choice, dict):
-        return
-    function = choice.get("function")
-    name = function.get("name") if isinstance(function, dict) else choice.get("name")
-    if name in removed:
-        del body["tool_choice"]

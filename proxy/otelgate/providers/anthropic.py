@@ -204,6 +204,9 @@ class AnthropicProvider(Provider):
             if not body["tools"]:
                 del body["tools"]
                 body.pop("tool_choice", None)
+        choice = body.get("tool_choice")
+        if isinstance(choice, dict) and choice.get("name") in names:
+            del body["tool_choice"]  # {"type": "tool", "name": X} forcing a removed tool: back to auto
 
     def parse_response(self, body: dict[str, Any], route: Route, result: Result) -> None:
         if route.kind != "messages":

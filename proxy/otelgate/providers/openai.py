@@ -316,6 +316,13 @@ class OpenAIProvider(Provider):
             del body["tools"]
             body.pop("tool_choice", None)
             body.pop("parallel_tool_calls", None)
+        choice = body.get("tool_choice")
+        if isinstance(choice, dict):
+            # Chat {"type": "function", "function": {"name": X}}, Responses {"type": "function", "name": X}:
+            # a choice forcing a removed tool goes back to auto.
+            function = choice.get("function")
+            if (function.get("name") if isinstance(function, dict) else choice.get("name")) in names:
+                del body["tool_choice"]
 
     def parse_response(self, body: dict[str, Any], route: Route, result: Result) -> None:
         if route.kind == "responses":
