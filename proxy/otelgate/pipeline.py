@@ -25,7 +25,7 @@ from otelgate.config import Settings
 from otelgate.context import Filter, RequestContext
 from otelgate.errors import GatewayError
 from otelgate.providers import PROVIDERS, Provider, Route
-from otelgate.relay import HOP_BY_HOP, decode_json, relay_stream, response_headers
+from otelgate.relay import HOP_BY_HOP, DecodedTooLarge, Decoder, decode_json, relay_stream, response_headers
 from otelgate.upstream import Upstream
 
 log = logging.getLogger("otelgate.pipeline")
@@ -276,21 +276,20 @@ class Pipeline:
 
 
 def _decode_request_body(body: bytes, encoding: str, limit: int) -> bytes:
-    if encoding in ("gzip", "x-gzip"):
-        decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    elif encoding == "deflate":
-        decoder = zlib.decompressobj()
-    else:
+    try:
+        decoder = Decoder(encoding)
+    except ValueError:
         raise GatewayError(
             "invalid_request", f"content-encoding {encoding} is not supported (use gzip, deflate or none)", status=415
-        )
+        ) from None
     try:
-        data = decoder.decompress(body, limit + 1)  # bounded: a zip bomb stops at the body limit
+        return decoder.decode_whole(body, limit)
     except zlib.error:
         raise GatewayError("invalid_request", f"request body is not valid {encoding} data") from None
-    if len(data) > limit or decoder.unconsumed_tail:
-        raise GatewayError("too_large", f"decoded request body exceeds the limit of {limit} bytes", reason="too_large")
-    return data
+    except DecodedTooLarge:
+        raise GatewayError(
+            "too_large", f"decoded request body exceeds the limit of {limit} bytes", reason="too_large"
+        ) from None
 
 
 def _gone() -> web.Response:

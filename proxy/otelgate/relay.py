@@ -76,11 +76,31 @@ class Decoder:
     def decode(self, data: bytes) -> bytes:
         return self._zlib.decompress(data) if self._zlib is not None else data
 
+    def decode_whole(self, data: bytes, limit: int) -> bytes:
+        """A whole body, decoded to at most `limit` bytes (a zip bomb stops there). Raises DecodedTooLarge, or
+        zlib.error on a corrupt body."""
+        if self._zlib is None:
+            return data
+        out = self._zlib.decompress(data, limit + 1)
+        if len(out) > limit or self._zlib.unconsumed_tail:
+            raise DecodedTooLarge(limit)
+        return out
+
+
+class DecodedTooLarge(ValueError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"decoded body exceeds the limit of {limit} bytes")
+        self.limit = limit
+
+
+# An upstream answer is parsed on the side for its usage; past this size decoded, it is relayed unread.
+MAX_DECODED_ANSWER = 64 * 1024 * 1024
+
 
 def decode_json(body: bytes, encoding: str | None) -> dict | None:
     try:
-        data = json.loads(Decoder(encoding).decode(body))
-    except (ValueError, zlib.error):
+        data = json.loads(Decoder(encoding).decode_whole(body, MAX_DECODED_ANSWER))
+    except (ValueError, zlib.error):  # DecodedTooLarge is a ValueError too
         return None
     return data if isinstance(data, dict) else None
 
