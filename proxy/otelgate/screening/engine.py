@@ -191,8 +191,8 @@ def _branch_heads(branch: str) -> list[str] | None:
         lead = _LITERAL_RE.match(alt).group(0)  # type: ignore[union-attr]
         if alt[len(lead):len(lead) + 1] in ("?", "*", "{"):
             lead = lead[:-1]  # its last letter is optional
-        if not lead:
-            return None
+        if not lead or not lead[0].isalnum():
+            return None  # a match starting at a space or hyphen is not at a token start
         out.append(lead)
     return out
 
@@ -246,8 +246,14 @@ def _search(fast: tuple[re.Pattern[str], bool], text: str, lo: int = 0, hi: int 
         m = pattern.search(text, pos, end)
         if m is None:
             return False
+        if not check:
+            return True
         start = m.start()
-        if not check or start == 0 or not (text[start - 1].isalnum() or text[start - 1] == "_"):
+        # \b holds where exactly one of the two neighbouring characters is a word character (the match may
+        # start with a non-word character: "\\b foo" after a word).
+        before = start > 0 and (text[start - 1].isalnum() or text[start - 1] == "_")
+        after = start < len(text) and (text[start].isalnum() or text[start] == "_")
+        if before != after:
             return True
         pos = start + 1
 
@@ -330,82 +336,134 @@ def _keyword_spans(words: str, whole: set[str], prefixes: set[str]) -> list[tupl
     return aligned
 
 
-class _Starts:
-    """Where patterns may start in one text's two views, found once per head and shared by every rule.
+class _FoldedStarts:
+    """Where folded-view patterns may start, found once per head and shared by every rule: every occurrence of a
+    head (the pattern's own ``\\b`` is checked by the regex), or, for the head pair {"\\n", ""}, the start of
+    the text and each newline. Trying a pattern with ``match`` at each such position finds a match exactly when
+    ``search`` over the whole view would: no match can start elsewhere."""
 
-    Words view: the tokens beginning with a head (a word boundary before a letter is a token start there).
-    Folded view: every occurrence of a head (the pattern's own ``\\b`` is checked by the regex), or, for the
-    head pair {"\\n", ""}, the start of the text and each newline. Trying a pattern with ``match`` at each such
-    position finds a match exactly when ``search`` over the whole view would: no match can start elsewhere.
-    """
+    __slots__ = ("_cache", "_folded")
 
-    __slots__ = ("_cache", "_folded", "_padded", "_words")
-
-    def __init__(self, words: str, folded: str) -> None:
-        self._words = words
-        self._padded = " " + words
+    def __init__(self, folded: str) -> None:
         self._folded = folded
-        self._cache: dict[tuple[bool, str], list[int]] = {}
+        self._cache: dict[str, list[int]] = {}
 
-    def _positions(self, head: str, in_words: bool) -> list[int]:
-        key = (in_words, head)
-        got = self._cache.get(key)
+    def _positions(self, head: str) -> list[int]:
+        got = self._cache.get(head)
         if got is not None:
             return got
-        if in_words:
-            text, needle = self._padded, " " + head  # an index in padded is the token's index in words
-        elif head == "":
-            text, needle = "", "x"
+        if head == "":
+            out = [0]  # "" stands for the start of the text
         else:
-            text, needle = self._folded, head
-        out = [0] if head == "" else []
-        i = text.find(needle)
-        while i != -1:
-            out.append(i)
-            i = text.find(needle, i + 1)
-        self._cache[key] = out
+            text = self._folded
+            out = []
+            i = text.find(head)
+            while i != -1:
+                out.append(i)
+                i = text.find(head, i + 1)
+        self._cache[head] = out
         return out
 
-    def match(self, pattern: re.Pattern[str], heads: frozenset[str], in_words: bool, live: set[str]) -> bool:
-        """Whether ``pattern`` matches; in the words view only heads in ``live`` (see _HeadIndex) are tried."""
-        text = self._words if in_words else self._folded
+    def match(self, pattern: re.Pattern[str], heads: frozenset[str]) -> bool:
+        text = self._folded
         match = pattern.match
-        for head in (heads & live if in_words else heads):
-            for pos in self._positions(head, in_words):
+        for head in heads:
+            for pos in self._positions(head):
                 if match(text, pos):
                     return True
         return False
 
 
-class _HeadIndex:
-    """The words-view heads of every loaded pattern, grouped so that the heads a text can contain are found
-    with a few set intersections instead of a string scan per head. A head is *live* when some token of the
-    text can begin it: its first word is a token (when a space follows that word in the head), or begins a
-    token. Live is a necessary condition; the positions are then found by _Starts."""
+def _trie_regex(items: Iterable[str]) -> str:
+    """A regex matching the longest of ``items`` that the text at the current position starts with: a trie, so
+    at each step at most one branch can go on (they start with different characters), and the greedy ``?``
+    prefers going on to stopping at an item that is a prefix of a longer one."""
+    trie: dict[str, Any] = {}
+    for item in items:
+        node = trie
+        for ch in item:
+            node = node.setdefault(ch, {})
+        node[""] = {}  # "" is no character: it marks the end of an item
 
-    def __init__(self, heads: Iterable[str]) -> None:
-        self.whole: dict[str, list[str]] = {}  # first word -> heads whose first word is a whole token
-        self.by_prefix: dict[str, list[str]] = {}  # first 4 letters of the first word -> heads
-        # Heads whose first word is shorter than 4 letters and not a whole token ("be", "sys"): always live.
-        # Gating them needs sets of 2- and 3-letter token prefixes, which cost more than looking for them.
-        self.short: set[str] = set()
-        for head in set(heads):
-            first, space, _ = head.partition(" ")
-            if space:
-                self.whole.setdefault(first, []).append(head)
-            elif len(first) >= 4:
-                self.by_prefix.setdefault(first[:4], []).append(head)
-            else:
-                self.short.add(head)
+    def emit(node: dict[str, Any]) -> str:
+        branches = [re.escape(ch) + emit(sub) for ch, sub in sorted(node.items()) if ch]
+        if not branches:
+            return ""
+        body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+        return f"(?:{body})?" if "" in node else body
 
-    def live(self, token_set: set[str], prefix_set: set[str]) -> set[str]:
-        out = set(self.short)
-        for first in token_set.intersection(self.whole):
-            out.update(self.whole[first])
-        groups = self.by_prefix
-        for key in prefix_set.intersection(groups):
-            out.update(groups[key])
+    return emit(trie)
+
+
+class _TokenIndex:
+    """Finds, in one regex pass over the words view, every token start at which one of a fixed set of literal
+    *items* begins: rule heads (``ignor``, ``do not``), whole keywords (written ``kw + " "``) and keyword
+    prefixes. The regex reports the longest item at each token start; the items that begin there are exactly
+    that item's prefixes among the items (they all are prefixes of the same text), a set computed at load time.
+    So the result is exact, not a pre-filter: ``expand(L)`` is the set of items present at a position whose
+    longest item is L."""
+
+    def __init__(self, items: Iterable[str]) -> None:
+        self.items = frozenset(items)
+        ordered = sorted(self.items)
+        # For each item: the items it is a prefix of (itself included), i.e. the longest items whose positions
+        # are positions of this item. Sorted order puts them right after it.
+        self.extensions: dict[str, frozenset[str]] = {}
+        for i, item in enumerate(ordered):
+            j = i
+            while j < len(ordered) and ordered[j].startswith(item):
+                j += 1
+            self.extensions[item] = frozenset(ordered[i:j])
+        # In " " + words + " " a token starts right after a space; the lookahead captures the longest item
+        # there without consuming it, so every token start is tried.
+        self._regex = re.compile(" (?=(" + _trie_regex(self.items) + "))") if self.items else None
+
+    def positions(self, words: str) -> dict[str, list[int]]:
+        """Longest item -> the positions in ``words`` of the tokens where it begins."""
+        out: dict[str, list[int]] = {}
+        if self._regex is None:
+            return out
+        for m in self._regex.finditer(" " + words + " "):
+            item = m[1]
+            if item:
+                got = out.get(item)
+                if got is None:
+                    out[item] = [m.start()]
+                else:
+                    got.append(m.start())
         return out
+
+    def closure(self, wanted: Iterable[str]) -> frozenset[str]:
+        """The longest items whose presence means one of ``wanted`` is present."""
+        out: set[str] = set()
+        for item in wanted:
+            out |= self.extensions[item]
+        return frozenset(out)
+
+
+def _keyword_items(rule: Rule) -> list[str] | None:
+    """The rule's keyword gate as token-start items for _TokenIndex, or None for a rule without keywords. A
+    whole keyword k is the item ``k + " "`` (the token is exactly k); a prefix p of 4 letters is ``p`` (a token
+    starts with p), a shorter one ``p + " "`` (``token[:4] == p`` holds only for the token p itself). A keyword
+    with a space can never be a token and is left out."""
+    if not rule.keywords and not rule.prefixes:
+        return None
+    items = [k + " " for k in rule.keywords if " " not in k]
+    items += [p if len(p) >= 4 else p + " " for p in rule.prefixes if p and " " not in p]
+    return items
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """How one pattern is tried. ``kind``: "words" (match at the token starts of ``items``), "folded" (match at
+    the occurrences of ``heads`` in the folded view), "search" (search the whole view) or "windowed" (words
+    view without heads: search the whole view, or in long texts the stretches around the keywords)."""
+
+    pattern: re.Pattern[str]
+    fast: tuple[re.Pattern[str], bool]
+    kind: str
+    heads: frozenset[str] | None
+    items: frozenset[str]
 
 
 class Screener:
@@ -422,9 +480,24 @@ class Screener:
         self.threshold = threshold
         self.model = model
         self.max_scan_chars = max_scan_chars
-        self._always = tuple(r for r in self.rules if not r.keywords and not r.prefixes)
-        self._gated = tuple(r for r in self.rules if r.keywords or r.prefixes)
-        self._heads = _HeadIndex(h for r in self.rules if r.view == "words" for hs in r.leads if hs for h in hs)
+        gates = [_keyword_items(r) for r in self.rules]
+        heads = [h for r in self.rules if r.view == "words" for hs in r.leads if hs for h in hs]
+        self._index = _TokenIndex([*heads, *(i for g in gates if g for i in g)])
+        # Per rule: its gate (the longest items whose presence lets the rule run; None: no keywords) and how
+        # each of its patterns is tried. Rules without keywords run last, as before (order of evidence).
+        plans = []
+        for rule, gate in zip(self.rules, gates, strict=True):
+            steps = []
+            for pattern, fast, hs in zip(rule.patterns, rule.fast, rule.leads, strict=True):
+                if hs is None:
+                    kind = "search" if rule.view == "folded" else "windowed"
+                    steps.append(_Plan(pattern, fast, kind, None, frozenset()))
+                elif rule.view == "folded":
+                    steps.append(_Plan(pattern, fast, "folded", hs, frozenset()))
+                else:
+                    steps.append(_Plan(pattern, fast, "words", hs, self._index.closure(hs)))
+            plans.append((rule, None if gate is None else self._index.closure(gate), tuple(steps)))
+        self._plans = tuple([p for p in plans if p[1] is not None] + [p for p in plans if p[1] is None])
 
     @classmethod
     def from_packs(cls, packs: Sequence[str] = ("builtin",), threshold: float = 0.5, *, use_model: bool = True,
@@ -437,42 +510,45 @@ class Screener:
     def _matching_rules(self, norm: Normalized, tokens: list[str] | None = None,
                         token_set: set[str] | None = None) -> list[Rule]:
         words = norm.words
-        if token_set is None:
-            if tokens is None:
-                tokens = words.split(" ") if words else []
-            token_set = set(tokens)
-        prefix_set = {t[:4] for t in token_set}
-        at = _Starts(words, norm.folded)
-        live = self._heads.live(token_set, prefix_set)
+        at = self._index.positions(words)
+        found = set(at)
+        folded: _FoldedStarts | None = None
         # Patterns whose heads are unknown: short texts are searched whole; in longer ones only the stretches
         # around the rule's keywords, which keeps a 4 KB message within the latency budget.
         windowed = len(words) > _WINDOW_MIN_CHARS
         hits: list[Rule] = []
-        for rule in self._gated:
-            found_kw = token_set & rule.keywords
-            found_px = prefix_set & rule.prefixes
-            if not found_kw and not found_px:
+        for rule, gate, steps in self._plans:
+            if gate is not None and gate.isdisjoint(found):
                 continue
             spans: list[tuple[int, int]] | None = None
-            for pattern, fast, heads in zip(rule.patterns, rule.fast, rule.leads, strict=True):
-                if heads is not None:
-                    matched = at.match(pattern, heads, rule.view == "words", live)
-                elif rule.view == "folded":
-                    matched = _search(fast, norm.folded)
-                elif not windowed:
-                    matched = _search(fast, words)
+            for step in steps:
+                kind = step.kind
+                if kind == "words":
+                    matched = False
+                    match = step.pattern.match
+                    for item in step.items.intersection(found):
+                        for pos in at[item]:
+                            if match(words, pos):
+                                matched = True
+                                break
+                        if matched:
+                            break
+                elif kind == "folded":
+                    if folded is None:
+                        folded = _FoldedStarts(norm.folded)
+                    matched = folded.match(step.pattern, step.heads)  # type: ignore[arg-type]
+                elif kind == "search":
+                    matched = _search(step.fast, norm.folded)
+                elif not windowed or gate is None:
+                    matched = _search(step.fast, words)
                 else:
                     if spans is None:
-                        spans = _keyword_spans(words, found_kw, found_px)
-                    matched = any(_search(fast, words, lo, hi) for lo, hi in spans)
+                        if token_set is None:
+                            token_set = set(words.split(" ")) if words else set()
+                        found_px = {t[:4] for t in token_set} & rule.prefixes
+                        spans = _keyword_spans(words, token_set & rule.keywords, found_px)
+                    matched = any(_search(step.fast, words, lo, hi) for lo, hi in spans)
                 if matched:
-                    hits.append(rule)
-                    break
-        for rule in self._always:
-            text = words if rule.view == "words" else norm.folded
-            for pattern, fast, heads in zip(rule.patterns, rule.fast, rule.leads, strict=True):
-                if at.match(pattern, heads, rule.view == "words", live) if heads is not None \
-                        else _search(fast, text):
                     hits.append(rule)
                     break
         return hits
