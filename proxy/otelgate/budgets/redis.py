@@ -9,11 +9,14 @@ set by expiry, swept by every reserve), ``d:<request>`` settled marks (idempoten
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from . import ratelimit
 from .counters import (
@@ -31,6 +34,7 @@ from .redis_lua import RATE as RATE_LUA
 from .redis_lua import READ, RELEASE, RESERVE, RESET, SETTLE
 
 _payload = payload_json
+MAX_PIPELINE = 256  # script calls per pipeline: bounds one write and the time Redis is busy with it
 
 
 class RedisLedger(Ledger):
@@ -49,10 +53,66 @@ class RedisLedger(Ledger):
         self._scripts = {name: self._r.register_script(src)
                          for name, src in (("reserve", RESERVE), ("settle", SETTLE), ("release", RELEASE),
                                            ("rate", RATE_LUA))}
+        # Script calls waiting for the next pipeline, and the pipeline on the wire (at most one at a time).
+        self._pending: list[tuple[AsyncScript, list[Any], asyncio.Future[Any]]] = []
+        self._flushing: asyncio.Task[None] | None = None
+        self._flush_soon = False
 
     async def _run(self, name: str, *args: Any) -> Any:
-        # redis-py's Script runs EVALSHA and reloads the script if the server forgot it (NOSCRIPT).
-        return await self._scripts[name](args=list(args))
+        """Run one of the ledger's scripts. Calls made while a pipeline is on the wire (or in the same turn of the
+        event loop) go to Redis together as the next pipeline: one write and one read for the lot instead of a
+        round trip each, like the SQLite ledger's group commit. Each script still runs atomically on its own."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((self._scripts[name], list(args), future))
+        if self._flushing is None and not self._flush_soon:
+            self._flush_soon = True
+            asyncio.get_running_loop().call_soon(self._start_flush)
+        return await future
+
+    def _start_flush(self) -> None:
+        self._flush_soon = False
+        # A call whose caller gave up (timed out) before it reached the wire is not sent: the caller has already
+        # acted on the failure (a settle, for one, is journaled and replayed later).
+        self._pending = [call for call in self._pending if not call[2].done()]
+        if self._flushing is None and self._pending:
+            batch, self._pending = self._pending[:MAX_PIPELINE], self._pending[MAX_PIPELINE:]
+            self._flushing = asyncio.get_running_loop().create_task(self._flush(batch))
+
+    async def _flush(self, batch: list[tuple[AsyncScript, list[Any], asyncio.Future[Any]]]) -> None:
+        try:
+            results = await self._pipeline(batch)
+            # A server that forgot the scripts (restart, SCRIPT FLUSH) learns them again and runs just those.
+            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            if missing:
+                for script in {batch[i][0] for i in missing}:
+                    await self._r.script_load(script.script)
+                for i, result in zip(missing, await self._pipeline([batch[i] for i in missing]), strict=True):
+                    results[i] = result
+        except BaseException as exc:  # the connection failed: every call in the pipeline hears of it
+            error = exc if isinstance(exc, Exception) else ConnectionError("redis pipeline cancelled")
+            for _script, _args, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for (_script, _args, future), result in zip(batch, results, strict=True):
+                if future.done():  # the caller gave up (timeout): the script ran or not, the ledger is idempotent
+                    continue
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+        finally:
+            self._flushing = None
+            if self._pending:
+                self._start_flush()
+
+    async def _pipeline(self, batch: list[tuple[AsyncScript, list[Any], asyncio.Future[Any]]]) -> list[Any]:
+        pipe = self._r.pipeline(transaction=False)
+        for script, args, _future in batch:
+            pipe.evalsha(script.sha, 0, *args)
+        return list(await pipe.execute(raise_on_error=False))
 
     async def reserve(self, request_id: str, limits: list[Limit], amount: Amount,
                       now: float | None = None, rate: RateAsk | None = None) -> Reservation | Refusal:
@@ -158,4 +218,9 @@ class RedisLedger(Ledger):
         await self._r.ping()
 
     async def close(self) -> None:
+        while self._flushing is not None or self._pending:  # what was asked still gets its answer
+            if self._flushing is None:
+                self._start_flush()
+            if self._flushing is not None:
+                await asyncio.shield(self._flushing)
         await self._r.aclose()
