@@ -157,3 +157,53 @@ def test_trie_regex_reports_the_longest_item() -> None:
                                                         "x y": [16], "x ": [20]}
     assert index.extensions["ab"] == frozenset({"ab", "abc", "abcde"})
     assert re.compile("x").pattern  # keep re imported for readers of the helpers above
+
+
+# Patterns for the search shortcuts (first-character class, required characters): each must give the same yes/no
+# as a plain search, on texts full of the characters involved.
+_TRICKY = [r"(?:#{2,}\s*\(?|\[|<|\()\s*(?:system|sys)\s*(?:\)|\]|>|:)", r"!\[[^\]\n]{0,10}\]\(x\)",
+           r"\bsend\b[^.\n]{0,20}?\bto\s+\w+@\w+", r"(?P<q>['\"])x(?P=q)", r"(?:a|\.)+b", r"(?:ab|cd)+e",
+           r"(?:a?b|c)", r"(x|y)\1", r"(?:\(|\[)\d+", r"(?:<|>)=?", r"a{0}b|cd", r"#{2,}x|!", r"(?:x|y)*z",
+           r"a@?b", r"a\@b", r"[@]b", r"a(?:@)b", r"(?i)A@B|<", r"(?:^|\n)x:", r"x(?<=\(x)", r"(?:\]|\[)\]",
+           r"(?:-|\+)\d", r"\{|\}", r"a{2}@", r"(?:%|\$)\w+\.", r"(?:^|<)b", r"(?:\\|/)x"]
+_PUNCT_VOCAB = ["#", "##", "###", "(", ")", "[", "]", "<", ">", ":", "!", "@", "'", '"', "x", "y", "z", "a", "b",
+                "c", "d", "e", "ab", "cd", "sys", "system", "send", "to", "me", ".", "=", "\n", " ", "  ", "1", "-",
+                "+", "%", "$", "\\", "/", "{", "}", "![", "](x)", "a@b", "\nx:", "'x'", "(x", "send to me@x", "aa@",
+                "%x.", "(12", "[]]", "<b"]
+
+
+def test_search_shortcuts_find_what_a_plain_search_finds() -> None:
+    from otelgate.screening.engine import _fast_pattern, _first_chars, _required_chars, _search
+
+    assert _first_chars(r"(?:#{2,}\s*\(?|\[|<|\()\s*x") == frozenset("#[<(")
+    assert _first_chars(r"(?:a?b|c)") is None and _first_chars(r"(?:x|y)*z") is None
+    assert _required_chars(r"a\@b") == {"@"} and not _required_chars(r"a@?b") and not _required_chars(r"[@]b")
+    assert not _required_chars(r"a(?:@)b") and not _required_chars("(?i)a@b") and not _required_chars("a@|b")
+    rng = random.Random(3)
+    texts = ["".join(rng.choice(_PUNCT_VOCAB) for _ in range(rng.choice([1, 5, 30, 200]))) for _ in range(3000)]
+    for src in _TRICKY:
+        plain = re.compile(src)
+        fast = _fast_pattern(src)
+        needs = _required_chars(src)
+        hits = 0
+        for text in texts:
+            expected = plain.search(text) is not None
+            assert _search(fast, text) == expected, (src, text)
+            if expected:
+                hits += 1
+                assert all(c in text[plain.search(text).start():] for c in needs), (src, text)  # type: ignore[union-attr]
+        assert hits, src
+
+
+def test_rule_matching_is_exact_for_punctuation_patterns(tmp_path: Path) -> None:
+    rules = "\n".join(
+        f"  - id: p.{i}\n    category: test\n    view: {view}\n    patterns: ['{src.replace(chr(39), chr(39) * 2)}']"
+        + ("\n    keywords: [x, sys*, send]" if i % 3 == 0 else "")
+        for i, (src, view) in enumerate((s, v) for s in _TRICKY for v in ("folded", "words")))
+    pack = tmp_path / "punct.yaml"
+    pack.write_text("rules:\n" + rules + "\n", encoding="utf-8")
+    screener = Screener(load_packs([str(pack)]), model=None)
+    rng = random.Random(4)
+    vocab = [*_PUNCT_VOCAB, "x ", "sys ", "send "]
+    texts = ["".join(rng.choice(vocab) for _ in range(rng.choice([1, 5, 30, 900]))) for _ in range(1500)]
+    assert _check_rules(screener, texts) > 1000

@@ -228,13 +228,151 @@ def _folded_heads(src: str) -> frozenset[str] | None:
     return heads
 
 
+# A quantifier after an atom: its minimum is what matters (0: the atom is optional).
+_QUANTIFIER_RE = re.compile(r"(?:[*+?]|\{(\d*)(?:,\d*)?\})[?+]?")
+_SPECIAL = set(".^$*+?{}[]\\|()")
+
+
+def _atoms(src: str) -> list[tuple[str, str, bool]] | None:
+    """The top-level atoms of a regex without top-level ``|``: (kind, text, optional) with kind "char" (a
+    literal character; text is the character), "group" (``(...)``; text is the whole group), or "other" (a
+    class, an escape such as ``\\w`` or ``\\b``, an anchor or ``.``), and optional telling whether the
+    quantifier after it allows zero repetitions. None when the source is not understood."""
+    out: list[tuple[str, str, bool]] = []
+    i = 0
+    n = len(src)
+    while i < n:
+        ch = src[i]
+        if ch == "\\":
+            if i + 1 >= n:
+                return None
+            nxt = src[i + 1]
+            kind, text, i = ("other", src[i:i + 2], i + 2) if nxt.isalnum() else ("char", nxt, i + 2)
+            if nxt in "xuUN0" or nxt.isdigit():
+                return None  # escapes of several characters: not worth reading
+        elif ch == "[":
+            j = i + 1
+            if j < n and src[j] == "^":
+                j += 1
+            if j < n and src[j] == "]":
+                j += 1  # a "]" right after the opening bracket is a literal
+            while j < n and src[j] != "]":
+                j += 2 if src[j] == "\\" else 1
+            if j >= n:
+                return None
+            kind, text, i = "other", src[i:j + 1], j + 1
+        elif ch == "(":
+            depth = 0
+            j = i
+            in_class = False
+            while j < n:
+                c = src[j]
+                if c == "\\":
+                    j += 2
+                    continue
+                if in_class:
+                    in_class = c != "]"
+                elif c == "[":
+                    in_class = True
+                elif c == "(":
+                    depth += 1
+                elif c == ")":
+                    depth -= 1
+                    if depth == 0:
+                        break
+                j += 1
+            if j >= n:
+                return None
+            kind, text, i = "group", src[i:j + 1], j + 1
+        elif ch in _SPECIAL:
+            if ch in "*+?{}|)":
+                return None  # a quantifier without an atom, "{" as a literal, or a stray bar: not read
+            kind, text, i = "other", ch, i + 1
+        else:
+            kind, text, i = "char", ch, i + 1
+        optional = False
+        q = _QUANTIFIER_RE.match(src, i)
+        if q is not None:
+            optional = q.group(0)[0] in "*?" or (q.group(0)[0] == "{" and int(q.group(1) or 0) == 0)
+            i = q.end()
+        elif i < n and src[i] == "{":
+            return None
+        out.append((kind, text, optional))
+    return out
+
+
+def _plain(src: str) -> bool:
+    """Whether ``src`` compiles without flags that change what a literal character matches."""
+    try:
+        return not re.compile(src).flags & (re.IGNORECASE | re.VERBOSE)
+    except re.error:
+        return False
+
+
+def _required_chars(src: str) -> frozenset[str]:
+    """ASCII punctuation that every match contains: literal characters at the top level of a pattern without a
+    top-level ``|`` and not made optional by a quantifier. A text (or the part of it after a candidate start)
+    without one of them cannot match. Conservative: anything not understood gives no requirement."""
+    if not _plain(src) or _top_level_alternation(src):
+        return frozenset()
+    atoms = _atoms(src)
+    if atoms is None:
+        return frozenset()
+    return frozenset(text for kind, text, optional in atoms
+                     if kind == "char" and not optional and text.isascii() and not text.isalnum() and text != " ")
+
+
+def _first_chars(src: str) -> frozenset[str] | None:
+    """The characters a match of ``src`` can start with, or None when they cannot be read off the source (or a
+    match can be empty or start with a zero-width assertion)."""
+    branches = _split_top(src)
+    if len(branches) > 1:
+        out: set[str] = set()
+        for branch in branches:
+            got = _first_chars(branch)
+            if got is None:
+                return None
+            out |= got
+        return frozenset(out)
+    atoms = _atoms(src)
+    if not atoms:
+        return None
+    kind, text, optional = atoms[0]
+    if optional:
+        return None
+    if kind == "char":
+        return frozenset(text)
+    if kind == "group":
+        if text.startswith("(?:"):
+            body = text[3:-1]
+        elif text.startswith("(?P<"):
+            body = text[text.index(">") + 1:-1]
+        elif not text.startswith("(?"):
+            body = text[1:-1]
+        else:
+            return None  # a look-around, a conditional, scoped flags, ...
+        return _first_chars(body)
+    return None
+
+
 def _fast_pattern(src: str) -> tuple[re.Pattern[str], bool]:
-    """(pattern, check_boundary). A leading ``\\b`` stops Python's regex engine from skipping ahead to positions
-    whose first character can start a match, which makes a search 2-3x slower; so ``\\bX`` is searched as ``X``
-    and the word boundary at the match start is checked afterwards (same matches: a boundary is a property of
-    the position). Patterns with a top-level ``|`` are left alone (the check would apply to every branch)."""
+    """(pattern, check_boundary), for a yes/no search. A leading ``\\b`` stops Python's regex engine from skipping
+    ahead to positions whose first character can start a match, which makes a search 2-3x slower; so ``\\bX`` is
+    searched as ``X`` and the word boundary at the match start is checked afterwards (same matches: a boundary
+    is a property of the position). Patterns with a top-level ``|`` are left alone (the check would apply to
+    every branch). A pattern that starts with one of several characters (``(?:#{2,}|\\[|<)...``) is searched
+    as ``[C](?<=(?=P)[C])``: the engine skips to the next character of the class C (it only does that for a
+    pattern that begins with a class) and then tries P where that character is; a match exists exactly when
+    one of P exists, since every match of P starts with a character of C."""
     if src.startswith("\\b") and not src.startswith("\\b|") and not _top_level_alternation(src):
         return re.compile(src[2:]), True
+    first = _first_chars(src) if _plain(src) else None
+    if first is not None and len(first) > 1:
+        cls = "[" + "".join(re.escape(c) for c in sorted(first)) + "]"
+        try:
+            return re.compile(f"{cls}(?<=(?={src}){cls})"), False
+        except re.error:  # a look-behind may reject some patterns; then the plain search
+            pass
     return re.compile(src), False
 
 
@@ -364,12 +502,13 @@ class _FoldedStarts:
         self._cache[head] = out
         return out
 
-    def match(self, pattern: re.Pattern[str], heads: frozenset[str]) -> bool:
+    def match(self, pattern: re.Pattern[str], heads: frozenset[str], limit: int = -1) -> bool:
+        """Whether ``pattern`` matches; only starts up to ``limit`` are tried when it is not negative."""
         text = self._folded
         match = pattern.match
         for head in heads:
             for pos in self._positions(head):
-                if match(text, pos):
+                if (limit < 0 or pos <= limit) and match(text, pos):
                     return True
         return False
 
@@ -464,6 +603,9 @@ class _Plan:
     kind: str
     heads: frozenset[str] | None
     items: frozenset[str]
+    # Characters every match contains (see _required_chars): a view without one of them is not searched, and
+    # a start after the last occurrence of one of them is not tried.
+    needs: tuple[str, ...] = ()
 
 
 class Screener:
@@ -489,13 +631,14 @@ class Screener:
         for rule, gate in zip(self.rules, gates, strict=True):
             steps = []
             for pattern, fast, hs in zip(rule.patterns, rule.fast, rule.leads, strict=True):
+                needs = tuple(sorted(_required_chars(pattern.pattern)))
                 if hs is None:
                     kind = "search" if rule.view == "folded" else "windowed"
-                    steps.append(_Plan(pattern, fast, kind, None, frozenset()))
+                    steps.append(_Plan(pattern, fast, kind, None, frozenset(), needs))
                 elif rule.view == "folded":
-                    steps.append(_Plan(pattern, fast, "folded", hs, frozenset()))
+                    steps.append(_Plan(pattern, fast, "folded", hs, frozenset(), needs))
                 else:
-                    steps.append(_Plan(pattern, fast, "words", hs, self._index.closure(hs)))
+                    steps.append(_Plan(pattern, fast, "words", hs, self._index.closure(hs), needs))
             plans.append((rule, None if gate is None else self._index.closure(gate), tuple(steps)))
         self._plans = tuple([p for p in plans if p[1] is not None] + [p for p in plans if p[1] is None])
 
@@ -523,12 +666,18 @@ class Screener:
             spans: list[tuple[int, int]] | None = None
             for step in steps:
                 kind = step.kind
+                limit = -1  # no limit
+                if step.needs:
+                    view = norm.folded if kind in ("folded", "search") else words
+                    limit = min(view.rfind(c) for c in step.needs)
+                    if limit < 0:
+                        continue  # a character every match needs is missing
                 if kind == "words":
                     matched = False
                     match = step.pattern.match
                     for item in step.items.intersection(found):
                         for pos in at[item]:
-                            if match(words, pos):
+                            if (limit < 0 or pos <= limit) and match(words, pos):
                                 matched = True
                                 break
                         if matched:
@@ -536,7 +685,7 @@ class Screener:
                 elif kind == "folded":
                     if folded is None:
                         folded = _FoldedStarts(norm.folded)
-                    matched = folded.match(step.pattern, step.heads)  # type: ignore[arg-type]
+                    matched = folded.match(step.pattern, step.heads, limit)  # type: ignore[arg-type]
                 elif kind == "search":
                     matched = _search(step.fast, norm.folded)
                 elif not windowed or gate is None:
