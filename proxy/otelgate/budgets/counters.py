@@ -115,6 +115,21 @@ def payload_json(refs: list[CounterRef], amt: tuple[int, int, int] | None = None
     return f'{{"refs":[{body}],"amt":[{int(amt[0])},{int(amt[1])},{int(amt[2])}]}}'
 
 
+def read_payload(body: str) -> tuple[tuple[CounterRef, ...], list[int] | None]:
+    """The counter references and amount of a stored ``payload_json`` document. The references part repeats from
+    request to request (a key's day and month counters are the same all day), so it is decoded once."""
+    head, sep, tail = body.rpartition(',"amt":')
+    if sep and head.startswith('{"refs":[') and tail.endswith("}"):
+        return _read_refs(head + "}"), json.loads(tail[:-1])
+    doc = json.loads(body)
+    return tuple(CounterRef.from_wire(w) for w in doc["refs"]), doc.get("amt")
+
+
+@lru_cache(maxsize=4096)
+def _read_refs(text: str) -> tuple[CounterRef, ...]:
+    return tuple(CounterRef.from_wire(w) for w in json.loads(text)["refs"])
+
+
 def merge_limits(limits: list[Limit]) -> list[Limit]:
     """Limits on the same scope/id/window share counters: keep one, with the tightest value per unit."""
     merged: dict[tuple[str, str, str], Limit] = {}
@@ -133,10 +148,20 @@ def merge_limits(limits: list[Limit]) -> list[Limit]:
     return list(merged.values())
 
 
+# A calendar window's reference is the same from its start to its end: built once per limit and window instance.
+_calendar_refs: dict[Limit, CounterRef] = {}
+
+
 def plan(limits: list[Limit], now: float) -> list[CounterRef]:
     refs = []
     for lim in merge_limits(limits):
         w = lim.window
+        calendar = not w.rolling and w.kind != "session"
+        if calendar:
+            known = _calendar_refs.get(lim)
+            if known is not None and known.start <= now < known.end:
+                refs.append(known)
+                continue
         rk = registry_key(lim.scope, lim.scope_id, w)
         lims = (-1 if lim.usd is None else usd_to_nano(lim.usd),
                 -1 if lim.tokens is None else int(lim.tokens),
@@ -151,8 +176,12 @@ def plan(limits: list[Limit], now: float) -> list[CounterRef]:
                                    now + w.ttl_seconds, w.ttl_seconds, lims))
         else:
             start, end = w.calendar_bounds(now)
-            refs.append(CounterRef(lim, rk, f"{rk}|f|{int(start):012d}", False, int(start), 0, 0, start,
-                                   end, end + RETENTION, 0, lims))
+            ref = CounterRef(lim, rk, f"{rk}|f|{int(start):012d}", False, int(start), 0, 0, start, end,
+                             end + RETENTION, 0, lims)
+            if len(_calendar_refs) >= 4096:  # unlisted pass-through keys are unbounded in number
+                _calendar_refs.clear()
+            _calendar_refs[lim] = ref
+            refs.append(ref)
     return refs
 
 

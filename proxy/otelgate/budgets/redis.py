@@ -20,10 +20,10 @@ from redis.exceptions import NoScriptError
 
 from . import ratelimit
 from .counters import (
-    CounterRef,
     alert_mark_prefix,
     payload_json,
     plan,
+    read_payload,
     refusal_for,
     scope_prefix,
     usage_rows,
@@ -146,8 +146,7 @@ class RedisLedger(Ledger):
         if int(out[0]) == 0:
             return SettleResult(request_id, False)
         body = out[1]
-        refs = (fallback if body in ("", "=")
-                else [CounterRef.from_wire(w) for w in json.loads(body)["refs"]])
+        refs = fallback if body in ("", "=") else read_payload(body)[0]
         vals = [int(x) for x in out[2:]]
         spends = tuple(window_spend(ref, vals[6 * i:6 * i + 6]) for i, ref in enumerate(refs))
         return SettleResult(request_id, True, spends)

@@ -24,6 +24,7 @@ from .counters import (
     limit_json,
     payload_json,
     plan,
+    read_payload,
     refusal_for,
     scope_prefix,
     usage_rows,
@@ -52,9 +53,21 @@ CREATE TABLE IF NOT EXISTS marks (k TEXT PRIMARY KEY, expires_at REAL NOT NULL) 
 CREATE TABLE IF NOT EXISTS rates (k TEXT PRIMARY KEY, level REAL NOT NULL, at REAL NOT NULL) WITHOUT ROWID;
 """
 
+# One statement adds a delta to a counter, creating it when missing. Reserved amounts never go below zero (a
+# release racing a reset); the expiry only grows, except for sessions, whose expiry slides with every touch.
+_UPSERT = ("INSERT INTO counters (k, su, st, sc, ru, rt, rc, expires_at) VALUES "
+           "(?1, MAX(0, ?2), MAX(0, ?3), MAX(0, ?4), MAX(0, ?5), MAX(0, ?6), MAX(0, ?7), ?8) "
+           "ON CONFLICT(k) DO UPDATE SET su = su + ?2, st = st + ?3, sc = sc + ?4, ru = MAX(0, ru + ?5), "
+           "rt = MAX(0, rt + ?6), rc = MAX(0, rc + ?7), expires_at = {expiry}")
+ADD = _UPSERT.format(expiry="MAX(expires_at, ?8)")
+ADD_SLIDING = _UPSERT.format(expiry="?8")
+ADD_RETURNING = ADD + " RETURNING su, st, sc, ru, rt, rc"
+ADD_SLIDING_RETURNING = ADD_SLIDING + " RETURNING su, st, sc, ru, rt, rc"
+
 PRUNE_EVERY = 60.0  # seconds between clean-ups of expired rows, per process
 REGISTER_EVERY = 60.0  # seconds a process may skip re-registering a limit it registered
-SWEEP_BATCH = 100  # expired reservations released per reserve, bounding its cost
+SWEEP_BATCH = 100  # expired reservations released per sweep, bounding its cost
+SWEEP_EVERY = 1.0  # seconds between sweeps of expired reservations, per process (their TTL is minutes)
 
 
 class SqliteLedger(Ledger):
@@ -66,6 +79,7 @@ class SqliteLedger(Ledger):
         self._synchronous = synchronous.upper()
         self._busy_ms = int(busy_timeout_ms)
         self._last_prune = 0.0
+        self._last_sweep = float("-inf")
         self._clock = 0.0
         # rk -> (monotonic, expiry, spec) of this process's last write; used on the ledger thread only
         self._registered_at: dict[str, tuple[float, float, str]] = {}
@@ -152,14 +166,30 @@ class SqliteLedger(Ledger):
 
     @staticmethod
     def _add(c: sqlite3.Connection, k: str, d: tuple[int, ...], expires_at: float, slide: bool) -> None:
-        exp_sql = "?" if slide else "MAX(expires_at, ?)"
-        cur = c.execute(
-            "UPDATE counters SET su = su + ?, st = st + ?, sc = sc + ?, ru = MAX(0, ru + ?), "
-            f"rt = MAX(0, rt + ?), rc = MAX(0, rc + ?), expires_at = {exp_sql} WHERE k = ?",
-            (*d, expires_at, k))
-        if cur.rowcount == 0:
-            c.execute("INSERT INTO counters (k, su, st, sc, ru, rt, rc, expires_at) VALUES (?,?,?,?,?,?,?,?)",
-                      (k, *(max(0, x) for x in d), expires_at))
+        c.execute(ADD_SLIDING if slide else ADD, (k, *d, expires_at))
+
+    def _read_many(self, c: sqlite3.Connection, refs: list[CounterRef], now: float) -> list[list[int]]:
+        """``_read`` of every reference; the calendar and session counters in one query."""
+        plain = [ref.key for ref in refs if not ref.rolling]
+        rows = {}
+        if plain:
+            marks = ",".join("?" * len(plain))
+            rows = {r[0]: r for r in c.execute(
+                f"SELECT k, su, st, sc, ru, rt, rc, expires_at FROM counters WHERE k IN ({marks})", plain)}
+        out = []
+        for ref in refs:
+            if ref.rolling:
+                out.append(self._read(c, ref, now))
+                continue
+            row = rows.get(ref.key)
+            if row is None:
+                out.append([0] * 6)
+            elif row[7] < now:  # an idle session that outlived its TTL starts afresh
+                c.execute("DELETE FROM counters WHERE k = ?", (ref.key,))
+                out.append([0] * 6)
+            else:
+                out.append(list(row[1:7]))
+        return out
 
     def _apply(self, c: sqlite3.Connection, ref: CounterRef, d: tuple[int, ...], now: float) -> None:
         if ref.rolling:
@@ -205,13 +235,16 @@ class SqliteLedger(Ledger):
         return None
 
     def _drop_reservation(self, c: sqlite3.Connection, rid: str, body: str, now: float) -> None:
-        p = json.loads(body)
-        a = p["amt"]
-        for w in p["refs"]:
-            self._apply(c, CounterRef.from_wire(w), (0, 0, 0, -a[0], -a[1], -a[2]), now)
+        refs, a = read_payload(body)
+        assert a is not None
+        for ref in refs:
+            self._apply(c, ref, (0, 0, 0, -a[0], -a[1], -a[2]), now)
         c.execute("DELETE FROM reservations WHERE id = ?", (rid,))
 
     def _sweep(self, c: sqlite3.Connection, now: float) -> None:
+        if 0 <= now - self._last_sweep < SWEEP_EVERY:
+            return
+        self._last_sweep = now
         rows = c.execute("SELECT id, body FROM reservations WHERE expires_at < ? LIMIT ?",
                          (now, SWEEP_BATCH)).fetchall()
         for rid, body in rows:
@@ -242,17 +275,17 @@ class SqliteLedger(Ledger):
         def body(c: sqlite3.Connection) -> Reservation | Refusal | str:
             self._clock = now
             self._sweep(c, now)
-            row = c.execute("SELECT expires_at FROM reservations WHERE id = ?", (rid,)).fetchone()
-            if row:  # a retried reserve of the same request holds nothing twice
-                return Reservation(rid, amount, limits, row[0])
-            if c.execute("SELECT 1 FROM settled WHERE id = ?", (rid,)).fetchone():
+            held, settled = c.execute("SELECT (SELECT expires_at FROM reservations WHERE id = ?1), "
+                                      "EXISTS (SELECT 1 FROM settled WHERE id = ?1)", (rid,)).fetchone()
+            if held is not None:  # a retried reserve of the same request holds nothing twice
+                return Reservation(rid, amount, limits, held)
+            if settled:
                 return "settled"
             if rate is not None:  # folded rate limit: checked first, taken only if the budgets admit too
                 refusal, levels, needs = self._rate_check(c, rate, now)
                 if refusal is not None:
                     return refusal
-            for ref in refs:
-                v = self._read(c, ref, now)
+            for ref, v in zip(refs, self._read_many(c, refs, now), strict=True):
                 for u in range(3):
                     lim = ref.limits_nano[u]
                     if lim >= 0 and v[u] + v[u + 3] + amt[u] > lim:
@@ -260,8 +293,15 @@ class SqliteLedger(Ledger):
                         return refusal_for(ref, u, v[u] + v[u + 3], amt[u], reset)
             if rate is not None:
                 self._rate_take(c, rate, levels, needs, now)
+            held_delta = (0, 0, 0, *amt)
+            plain = [ref for ref in refs if not ref.rolling]
+            if plain:  # one statement for all calendar and session counters
+                c.executemany(ADD, [(ref.key, *held_delta, ref.expires_at) for ref in plain if not ref.sliding_ttl])
+                c.executemany(ADD_SLIDING, [(ref.key, *held_delta, now + ref.sliding_ttl)
+                                            for ref in plain if ref.sliding_ttl])
             for ref in refs:
-                self._apply(c, ref, (0, 0, 0, *amt), now)
+                if ref.rolling:
+                    self._apply(c, ref, held_delta, now)
                 self._register(c, ref, now)
             exp = now + self.reservation_ttl
             payload = payload_json(refs, amt)
@@ -273,21 +313,27 @@ class SqliteLedger(Ledger):
     def _settle_op(self, rid: str, actual: tuple[int, int, int], fallback: list[CounterRef],
                    now: float) -> Callable[[sqlite3.Connection], SettleResult]:
         def body(c: sqlite3.Connection) -> SettleResult:
-            if c.execute("SELECT 1 FROM settled WHERE id = ?", (rid,)).fetchone():
+            # A held reservation means not yet settled (settling deletes it in the same transaction).
+            rows = c.execute("DELETE FROM reservations WHERE id = ? RETURNING body", (rid,)).fetchall()
+            if rows:
+                refs, amt = read_payload(rows[0][0])
+                a = amt if amt is not None else [0, 0, 0]
+            elif c.execute("SELECT 1 FROM settled WHERE id = ?", (rid,)).fetchone():
                 return SettleResult(rid, False)
-            row = c.execute("SELECT body FROM reservations WHERE id = ?", (rid,)).fetchone()
-            if row:
-                p = json.loads(row[0])
-                refs, a = [CounterRef.from_wire(w) for w in p["refs"]], p["amt"]
-                c.execute("DELETE FROM reservations WHERE id = ?", (rid,))
             else:
-                refs, a = fallback, [0, 0, 0]
+                refs, a = tuple(fallback), [0, 0, 0]
             spends = []
+            delta = (*actual, -a[0], -a[1], -a[2])
             for ref in refs:
-                self._apply(c, ref, (*actual, -a[0], -a[1], -a[2]), now)
-                if not row:
+                if ref.rolling:
+                    self._apply(c, ref, delta, now)
+                    v = self._get(c, f"{ref.key}|t")
+                elif ref.sliding_ttl:
+                    v = c.execute(ADD_SLIDING_RETURNING, (ref.key, *delta, now + ref.sliding_ttl)).fetchone()
+                else:
+                    v = c.execute(ADD_RETURNING, (ref.key, *delta, ref.expires_at)).fetchone()
+                if not rows:
                     self._register(c, ref, now)
-                v = self._get(c, f"{ref.key}|t" if ref.rolling else ref.key)
                 spends.append(window_spend(ref, v))
             c.execute("INSERT INTO settled (id, at) VALUES (?, ?)", (rid, now))
             return SettleResult(rid, True, tuple(spends))
@@ -342,11 +388,14 @@ class SqliteLedger(Ledger):
         caps = {"requests": ask.rpm, "tokens": ask.tpm}
         needs = {"requests": 1.0, "tokens": float(ask.tokens)}
         levels: dict[str, float] = {}
-        for unit, cap in caps.items():
-            if cap is None:
-                continue
-            row = c.execute("SELECT level, at FROM rates WHERE k = ?", (f"{ask.key_id}|{unit}",)).fetchone()
-            levels[unit] = ratelimit.refill(row[0] if row else None, row[1] if row else None, cap, now)
+        asked = {f"{ask.key_id}|{unit}": unit for unit, cap in caps.items() if cap is not None}
+        marks = ",".join("?" * len(asked))
+        rows = {r[0]: r for r in c.execute(f"SELECT k, level, at FROM rates WHERE k IN ({marks})", list(asked))}
+        for k, unit in asked.items():
+            row = rows.get(k)
+            cap = caps[unit]
+            assert cap is not None
+            levels[unit] = ratelimit.refill(row[1] if row else None, row[2] if row else None, cap, now)
         refusal = ratelimit.check(ask.key_id, levels, {k: v for k, v in caps.items() if v is not None},
                                   needs, now)
         return refusal, levels, needs
@@ -354,10 +403,9 @@ class SqliteLedger(Ledger):
     @staticmethod
     def _rate_take(c: sqlite3.Connection, ask: RateAsk, levels: dict[str, float], needs: dict[str, float],
                    now: float) -> None:
-        for unit in levels:
-            c.execute("INSERT INTO rates (k, level, at) VALUES (?, ?, ?) ON CONFLICT(k) DO UPDATE "
+        c.executemany("INSERT INTO rates (k, level, at) VALUES (?, ?, ?) ON CONFLICT(k) DO UPDATE "
                       "SET level = excluded.level, at = excluded.at",
-                      (f"{ask.key_id}|{unit}", levels[unit] - needs[unit], now))
+                      [(f"{ask.key_id}|{unit}", levels[unit] - needs[unit], now) for unit in levels])
 
     def _rate_op(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int,
                  now: float) -> Callable[[sqlite3.Connection], Refusal | None]:
