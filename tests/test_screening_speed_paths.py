@@ -207,3 +207,64 @@ def test_rule_matching_is_exact_for_punctuation_patterns(tmp_path: Path) -> None
     vocab = [*_PUNCT_VOCAB, "x ", "sys ", "send "]
     texts = ["".join(rng.choice(vocab) for _ in range(rng.choice([1, 5, 30, 900]))) for _ in range(1500)]
     assert _check_rules(screener, texts) > 1000
+
+
+def _plain_normalize(text: str) -> tuple[str, str, str]:
+    """normalize() written out without its gates and shortcuts."""
+    import unicodedata
+
+    from otelgate.screening import normalize as nz
+
+    hidden = ""
+    if not text.isascii():
+        hidden = "".join(chr(ord(ch) - 0xE0000) for chunk in nz._TAG_RE.findall(text) for ch in chunk)
+        text = unicodedata.normalize("NFKC", text).translate(nz._INVISIBLE).casefold()
+        latin_dominant = len(text.encode("ascii", "ignore")) * 10 >= len(text) * 7
+        text = nz._CONFUSABLE_WORD_RE.sub(nz._fold_confusable_word if latin_dominant else nz._fold_mixed_word, text)
+    else:
+        text = text.lower()
+    words = _runs_leet(text)
+    words = nz._SPACED_RE.sub(nz._join_spaced, words)
+    return " ".join(text.split()), nz._NON_WORD_RE.sub(" ", words).strip(), hidden
+
+
+def _runs_leet(text: str) -> str:
+    """Leetspeak folding as the engine has shipped it (commit 8b9f456): the token regex runs on the tokens around
+    each run of digits or @$| that touches a letter. (The bare token regex also folds tokens in which a letter and
+    a digit are only joined by "_" or "!", such as "a_1" or "ignore!$"; the engine never did.)"""
+    from otelgate.screening import normalize as nz
+
+    out: list[str] = []
+    last = 0
+    for m in re.finditer(r"[0-9@$|]+", text):
+        a, b = m.start(), m.end()
+        if a < last:
+            continue
+        if a > 0 and "a" <= text[a - 1] <= "z":
+            start = a - 1
+        elif b < len(text) and "a" <= text[b] <= "z":
+            start = a
+        else:
+            continue
+        while start > last and text[start - 1] in "abcdefghijklmnopqrstuvwxyz0123456789_@$!|":
+            start -= 1
+        end = re.compile(r"[\w@$!|]*").match(text, start).end()  # type: ignore[union-attr]
+        out.append(text[last:start])
+        out.append(nz._LEET_TOKEN_RE.sub(nz._fold_leet, text[start:end]))
+        last = end
+    return "".join(out) + text[last:]
+
+
+_NORM_VOCAB = ["ignore", "1gn0r3", "$y$tem", "pr0mpt!", "a1b2", "12", "3.11", "x|y", "|", "!", "@", "$", "h4ck",
+               "i g n o r e", "i.g.n.o.r.e", "a-b-c", "a_b_c", "_ _ _", "a / b / c", "x*y*z", "e.g.", "“quoted”",
+               "—", "…", "’s", "Straße", "ΣΑΣ", "іgnоrе", "все", "ｉｇｎｏｒｅ", "ig\u200bnore", "\U000e0041\U000e0042",
+               "x\u0301", " ", "  ", "\n", "\t", "a", "b", "c", "1", "0x1f", "l33t", "\u00a0", "Ǆ", "ﬀ", "𝐢𝐠𝐧"]
+
+
+def test_normalisation_equals_the_plain_version_on_evasion_soup() -> None:
+    rng = random.Random(5)
+    for _ in range(2500):
+        parts = [rng.choice(_NORM_VOCAB) for _ in range(rng.choice([1, 3, 10, 60]))]
+        text = "".join(p + rng.choice(["", " ", " ", "\n", ".", "-"]) for p in parts)
+        norm = normalize(text)
+        assert (norm.folded, norm.words, norm.hidden) == _plain_normalize(text), text

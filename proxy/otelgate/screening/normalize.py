@@ -62,8 +62,12 @@ _LEET_STRIP_TRAIL = re.compile(r"[!|]+$")
 # step of normalisation.
 _LEET_GATE_RE = re.compile(r"[a-z][0-9@$|]|[0-9@$|][a-z]")
 # Runs of the rarer side of a junction: searching for these lets the regex engine skip ahead (a pattern that
-# starts with [a-z] tries nearly every position); the letter next to the run is checked in Python.
+# starts with [a-z] tries nearly every position).
 _LEET_RUN_RE = re.compile(r"[0-9@$|]+")
+# A character of such a run that touches a letter (a letter before it or after it): most texts have numbers but
+# few junctions, so these are what the loop below visits. Starts with the class, so the engine skips ahead.
+_LEET_JUNCTION_RE = re.compile(r"[0-9@$|](?:(?<=[a-z].)|(?=[a-z]))")
+_LEET_RUN_CHARS = frozenset("0123456789@$|")
 
 # Letters spaced out to dodge word patterns: "i g n o r e" or "i.g.n.o.r.e" (one separator between letters;
 # a wider gap still separates words).
@@ -72,23 +76,17 @@ _SPACED_SEP_RE = re.compile(r"[ .\-_*/]")
 # Cheap gate for the above (three single characters with separators between them), searched with a leading
 # space so that a spaced word at the very start is seen too.
 _SPACED_GATE_RE = re.compile(r"\W\w[ .\-_*/]\w[ .\-_*/]\w(?!\w)")
-# The tail of that gate, found at every position (zero-width, so overlapping hits are all seen): it starts at a
-# separator, which the regex engine can skip to, while the gate itself starts with \W and tries every position.
-_SPACED_TAIL_RE = re.compile(r"(?=[ .\-_*/]\w[ .\-_*/]\w(?!\w))")
-
-
-def _is_word(ch: str) -> bool:
-    return ch.isalnum() or ch == "_"  # exactly the regex class \w for str patterns
+# The same gate written to start at its first separator, which the regex engine can skip to (it only skips ahead
+# for a pattern that begins with a character class; the gate itself starts with \W and tries every position):
+# a separator followed by "\w sep \w" and preceded by "\W \w". Matches exactly where the gate matches, one
+# character later.
+_SPACED_FAST_GATE_RE = re.compile(r"[ .\-_*/](?=\w[ .\-_*/]\w(?!\w))(?<=\W\w[ .\-_*/])")
 
 
 def _has_spaced_letters(padded: str) -> bool:
-    """``_SPACED_GATE_RE.search(padded)``, computed as the tail regex plus a look at the two characters before
-    each hit (a single word character preceded by a non-word one)."""
-    for m in _SPACED_TAIL_RE.finditer(padded):
-        p = m.start()
-        if p >= 2 and _is_word(padded[p - 1]) and not _is_word(padded[p - 2]):
-            return True
-    return False
+    """``_SPACED_GATE_RE.search(padded)``."""
+    return _SPACED_FAST_GATE_RE.search(padded) is not None
+_NON_ASCII_RE = re.compile(r"[^\x00-\x7f]")
 _ASCII_PUNCT = "".join(chr(c) for c in range(128) if not chr(c).isalnum())
 _ASCII_PUNCT_TO_SPACE = str.maketrans(_ASCII_PUNCT, " " * len(_ASCII_PUNCT))
 
@@ -135,10 +133,17 @@ def _fold_leet_text(text: str) -> str:
     out: list[str] = []
     last = 0
     n = len(text)
-    for m in _LEET_RUN_RE.finditer(text):
-        a, b = m.start(), m.end()
+    for m in _LEET_JUNCTION_RE.finditer(text):
+        # The run [a, b) of junction characters holding this one; the runs are visited in order, each once
+        # (a second junction of the same run lies before ``last``), as a scan over all runs would.
+        a = m.start()
         if a < last:
             continue
+        while a > 0 and text[a - 1] in _LEET_RUN_CHARS:
+            a -= 1
+        if a < last:
+            continue
+        b = _LEET_RUN_RE.match(text, a).end()  # type: ignore[union-attr]
         if a > 0 and "a" <= text[a - 1] <= "z":
             start = a - 1
         elif b < n and "a" <= text[b] <= "z":
@@ -169,13 +174,13 @@ def _fold_with_chars(text: str) -> tuple[str, str, frozenset[str] | None]:
     hidden = ""
     if text.isascii():
         return text.lower(), hidden, None
-    wide = frozenset(c for c in set(text) if c > "\x7f")
+    wide = frozenset(_NON_ASCII_RE.findall(text))  # a C-speed scan; set(text) hashes every character
     if any("\U000e0020" <= c <= "\U000e007e" for c in wide):
         tags = _TAG_RE.findall(text)
         hidden = "".join(chr(ord(ch) - 0xE0000) for chunk in tags for ch in chunk)
     if not unicodedata.is_normalized("NFKC", text):
         text = unicodedata.normalize("NFKC", text)
-        wide = frozenset(c for c in set(text) if c > "\x7f")
+        wide = frozenset(_NON_ASCII_RE.findall(text))
     if not _INVISIBLE_CHARS.isdisjoint(wide):
         text = text.translate(_INVISIBLE)
         wide = wide - _INVISIBLE_CHARS
@@ -189,7 +194,7 @@ def _fold_with_chars(text: str) -> tuple[str, str, frozenset[str] | None]:
         latin_dominant = len(text.encode("ascii", "ignore")) * 10 >= len(text) * 7
         folder = _fold_confusable_word if latin_dominant else _fold_mixed_word
         text = _CONFUSABLE_WORD_RE.sub(folder, text)
-        wide = frozenset(c for c in set(text) if c > "\x7f")
+        wide = frozenset(_NON_ASCII_RE.findall(text))
     return text, hidden, wide
 
 
@@ -213,7 +218,7 @@ def words_view(base: str, wide: frozenset[str] | None = None) -> str:
     # non-ASCII characters of ``text`` are among those of ``base``.
     if not text.isascii():
         if wide is None:
-            wide = frozenset(c for c in set(text) if c > "\x7f")
+            wide = frozenset(_NON_ASCII_RE.findall(text))
         for c in wide:
             if not c.isalnum():
                 text = text.replace(c, " ")
