@@ -135,6 +135,7 @@ class Telemetry:
 
     def force_flush(self, timeout_millis: int = 5000) -> None:
         """Push everything buffered now (tests, `otelgate demo`); blocks up to the timeout per signal."""
+        self.access_log.flush(timeout_millis / 1000)
         self.providers.tracer_provider.force_flush(timeout_millis)
         self.providers.meter_provider.force_flush(timeout_millis)
         if self.providers.logger_provider is not None:

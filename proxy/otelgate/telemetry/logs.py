@@ -7,6 +7,7 @@ content never appears here at all (content capture only feeds span attributes).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -111,52 +112,94 @@ def _json_line(fields: dict[str, Any]) -> str:
 class _LineWriter:
     """A daemon thread that formats and writes access lines in batches.
 
-    The request path pays one `SimpleQueue.put` (C, no lock contention with the writer's waits) and a size check;
-    a stalled stdout fills the queue, and further lines are dropped and counted instead of stalling requests."""
+    On an event loop the request path only appends to a list: the lines of the next `FLUSH_SECONDS` go to the
+    thread together, so it wakes (and takes the GIL from the loop) once per batch rather than once per line.
+    A stalled stdout fills the queue, and further lines are dropped and counted instead of stalling requests."""
 
     _STOP = object()
+    FLUSH_SECONDS = 0.05
 
     def __init__(self, stream: TextIO, stats: ExportStats, limit: int) -> None:
         self._stream, self._stats, self._limit = stream, stats, limit
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._pending: list[tuple[float, dict[str, Any]]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._queued = 0  # lines handed over and not yet written; changed under _lock
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="otelgate-access-log", daemon=True)
         self._thread.start()
 
     def put(self, ts: float, fields: dict[str, Any]) -> None:
-        if self._queue.qsize() >= self._limit:
+        if self._queued + len(self._pending) >= self._limit:
             self._stats.dropped[sc.SIGNAL_LOGS] += 1
-        else:
-            self._queue.put((ts, fields))
+            return
+        self._pending.append((ts, fields))
+        if self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # not on a loop: hand the line over now
+                self.flush()
+                return
+            self._timer = loop.call_later(self.FLUSH_SECONDS, self.flush)
+
+    def flush(self) -> None:
+        """Hand the pending lines to the writer thread."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._pending = self._pending, []
+        if batch:
+            with self._lock:
+                self._queued += len(batch)
+            self._queue.put(batch)
 
     def _run(self) -> None:
         get, get_nowait = self._queue.get, self._queue.get_nowait
         while True:
-            batch = [get()]
+            batches = [get()]
             with contextlib.suppress(queue.Empty):
-                while len(batch) < 512:
-                    batch.append(get_nowait())
+                while len(batches) < 64:
+                    batches.append(get_nowait())
             lines = []
             stop = False
-            for item in batch:
-                if item is self._STOP:
+            taken = 0
+            written: list[threading.Event] = []
+            for batch in batches:
+                if batch is self._STOP:
                     stop = True
                     continue
-                ts, fields = item
-                try:
-                    lines.append(_json_line({"ts": round(ts, 6), **fields}))
-                except Exception:
-                    self._stats.dropped[sc.SIGNAL_LOGS] += 1
+                if isinstance(batch, threading.Event):
+                    written.append(batch)
+                    continue
+                taken += len(batch)
+                for ts, fields in batch:
+                    try:
+                        lines.append(_json_line({"ts": round(ts, 6), **fields}))
+                    except Exception:
+                        self._stats.dropped[sc.SIGNAL_LOGS] += 1
             if lines:
                 try:
                     self._stream.write("\n".join(lines) + "\n")
                     self._stream.flush()
                 except Exception:
                     self._stats.dropped[sc.SIGNAL_LOGS] += len(lines)
+            with self._lock:
+                self._queued -= taken
+            for event in written:
+                event.set()
             if stop:
                 return
 
+    def wait_written(self, timeout: float) -> None:
+        """Hand over what is pending and wait (at most `timeout`) until every line before now is written."""
+        self.flush()
+        written = threading.Event()
+        self._queue.put(written)
+        written.wait(timeout)
+
     def close(self, timeout: float = 2.0) -> None:
-        """Write what is queued (waiting at most `timeout`: a stuck stdout is abandoned)."""
+        """Write what is pending and queued (waiting at most `timeout`: a stuck stdout is abandoned)."""
+        self.flush()
         self._queue.put(self._STOP)
         self._thread.join(timeout)
 
@@ -205,6 +248,11 @@ class AccessLog:
                 body={k: v for k, v in fields.items() if v is not None},
                 event_name=sc.ACCESS_LOGGER,
             )
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Write out the access lines emitted so far (tests, `otelgate demo`)."""
+        if self._writer is not None:
+            self._writer.wait_written(timeout)
 
     def close(self) -> None:
         if self._writer is not None:
