@@ -268,3 +268,13 @@ def test_normalisation_equals_the_plain_version_on_evasion_soup() -> None:
         text = "".join(p + rng.choice(["", " ", " ", "\n", ".", "-"]) for p in parts)
         norm = normalize(text)
         assert (norm.folded, norm.words, norm.hidden) == _plain_normalize(text), text
+
+
+def test_shared_tokens_are_the_split_words_view() -> None:
+    rng = random.Random(6)
+    texts = ["", " ", "...", "a", *_texts(2, 300), *("".join(rng.choice(_NORM_VOCAB) + " " for _ in range(20))
+                                                    for _ in range(300))]
+    for text in texts:
+        norm = normalize(text)
+        if norm.tokens is not None:
+            assert norm.tokens == (norm.words.split(" ") if norm.words else []), text

@@ -10,7 +10,8 @@ import binascii
 import codecs
 import re
 from dataclasses import dataclass
-from itertools import compress
+from itertools import compress, repeat
+from operator import contains, eq, le
 from urllib.parse import unquote_plus
 
 MAX_DEPTH = 3
@@ -96,14 +97,15 @@ def _candidates(text: str, words: str, word_set: set[str] | None = None) -> list
     # Token filters run as C-level map/compress over the split: a Python loop over every token of a 4 KB text
     # costs more than all the decoding that usually follows.
     tokens = text.split()
-    long_tokens = list(compress(tokens, map(_MIN_TOKEN.__le__, map(len, tokens))))
+    lengths = list(map(len, tokens))
+    long_tokens = list(compress(tokens, map(le, repeat(_MIN_TOKEN), lengths)))
     for tok in long_tokens:
         for m in _B64_RE.finditer(tok):
             decoded = _b64(m.group(0))
             if decoded:
                 found.append(("base64", decoded))
     hex_sources = long_tokens
-    if sum(map(_HEX_PAIRS.__contains__, tokens)) >= 8:
+    if sum(map(_HEX_PAIRS.__contains__, compress(tokens, map(eq, lengths, repeat(2))))) >= 8:
         # Every hex match consists of hex digits, " ", ":", "\\" and "x" only, and its look-arounds only test for
         # hex digits, which never sit next to such a run; so searching the runs of 16+ of these characters finds
         # exactly the matches a search of the whole text finds, without trying every position of the prose.
@@ -114,8 +116,8 @@ def _candidates(text: str, words: str, word_set: set[str] | None = None) -> list
             if decoded:
                 found.append(("hex", decoded))
     if "%" in text:
-        for tok in tokens:
-            if "%" in tok and len(_PCT_RE.findall(tok)) >= 3:
+        for tok in compress(tokens, map(contains, tokens, repeat("%"))):
+            if len(_PCT_RE.findall(tok)) >= 3:
                 decoded = unquote_plus(tok)
                 if decoded != tok:
                     found.append(("url", decoded))

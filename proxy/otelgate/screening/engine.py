@@ -710,7 +710,7 @@ class Screener:
             half = self.max_scan_chars // 2
             text = text[:half] + "\n" + text[-half:]
         norm = normalize(text)
-        tokens = norm.words.split(" ") if norm.words else []
+        tokens = norm.tokens if norm.tokens is not None else norm.words.split(" ") if norm.words else []
         distinct = set(tokens)
         for rule in self._matching_rules(norm, tokens, distinct):
             evidence[rule.id] = (rule.weight, rule.category)

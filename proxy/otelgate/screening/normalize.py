@@ -100,6 +100,9 @@ class Normalized:
     words: str
     # Text hidden in Unicode tag characters, decoded to ASCII ("" when none): scanned as its own payload.
     hidden: str
+    # words.split(" ") (no tokens for empty words) when normalisation produced it anyway, else None. Shared
+    # with the engine so a 4 KB text is not split twice; not to be modified.
+    tokens: list[str] | None = None
 
 
 def _fold_mixed_word(m: re.Match[str]) -> str:
@@ -207,6 +210,11 @@ def fold(text: str) -> tuple[str, str]:
 def words_view(base: str, wide: frozenset[str] | None = None) -> str:
     """The matching view, from folded text whose whitespace is not yet collapsed (so that a double space
     still separates s p a c e d words). ``wide``: the distinct non-ASCII characters of ``base`` if known."""
+    return _words_and_tokens(base, wide)[0]
+
+
+def _words_and_tokens(base: str, wide: frozenset[str] | None) -> tuple[str, list[str] | None]:
+    """(words view, its tokens if they came out on the way, else None)."""
     text = _fold_leet_text(base)
     if _has_spaced_letters(" " + text + " "):
         text = _SPACED_RE.sub(_join_spaced, text)
@@ -223,10 +231,13 @@ def words_view(base: str, wide: frozenset[str] | None = None) -> str:
             if not c.isalnum():
                 text = text.replace(c, " ")
         if not text.isascii():
-            return _NON_WORD_RE.sub(" ", text).strip()
-    return " ".join(text.translate(_ASCII_PUNCT_TO_SPACE).split())
+            return _NON_WORD_RE.sub(" ", text).strip(), None
+    # No token holds a space and none is empty, so joining and splitting at " " gives the same list back.
+    tokens = text.translate(_ASCII_PUNCT_TO_SPACE).split()
+    return " ".join(tokens), tokens
 
 
 def normalize(text: str) -> Normalized:
     base, hidden, wide = _fold_with_chars(text)
-    return Normalized(folded=" ".join(base.split()), words=words_view(base, wide), hidden=hidden)
+    words, tokens = _words_and_tokens(base, wide)
+    return Normalized(folded=" ".join(base.split()), words=words, hidden=hidden, tokens=tokens)
