@@ -48,11 +48,9 @@ class RedisLedger(Ledger):
         self._r = client or aioredis.Redis.from_url(url, socket_timeout=socket_timeout,
                                                     socket_connect_timeout=socket_timeout,
                                                     decode_responses=True)
-        self._read = self._r.register_script(READ)
-        self._reset = self._r.register_script(RESET)
         self._scripts = {name: self._r.register_script(src)
                          for name, src in (("reserve", RESERVE), ("settle", SETTLE), ("release", RELEASE),
-                                           ("rate", RATE_LUA))}
+                                           ("rate", RATE_LUA), ("read", READ), ("reset", RESET))}
         # Script calls waiting for the next pipeline, and the pipeline on the wire (at most one at a time).
         self._pending: list[tuple[AsyncScript, list[Any], asyncio.Future[Any]]] = []
         self._flushing: asyncio.Task[None] | None = None
@@ -61,7 +59,8 @@ class RedisLedger(Ledger):
     async def _run(self, name: str, *args: Any) -> Any:
         """Run one of the ledger's scripts. Calls made while a pipeline is on the wire (or in the same turn of the
         event loop) go to Redis together as the next pipeline: one write and one read for the lot instead of a
-        round trip each, like the SQLite ledger's group commit. Each script still runs atomically on its own."""
+        round trip each, like the SQLite ledger's group commit. Each script still runs atomically on its own, and
+        in the order asked: a usage read sees every settle this process asked for before it."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append((self._scripts[name], list(args), future))
         if self._flushing is None and not self._flush_soon:
@@ -174,7 +173,7 @@ class RedisLedger(Ledger):
         refs = plan(lims, now)
         if not refs:
             return []
-        vals = [int(x) for x in await self._read(args=[self.prefix, repr(now), _payload(refs)])]
+        vals = [int(x) for x in await self._run("read", self.prefix, repr(now), _payload(refs))]
         rows: list[UsageRow] = []
         for i, ref in enumerate(refs):
             rows.extend(usage_rows(ref, vals[6 * i:6 * i + 6]))
@@ -184,7 +183,7 @@ class RedisLedger(Ledger):
         now = time.time() if now is None else now
         refs = plan(await self._registered(scope, scope_id, now), now)
         if refs:
-            await self._reset(args=[self.prefix, repr(now), _payload(refs)])
+            await self._run("reset", self.prefix, repr(now), _payload(refs))
         pattern = self.prefix + "m:" + alert_mark_prefix(scope, scope_id).replace("[", r"\[") + "*"
         async for k in self._r.scan_iter(match=pattern, count=500):
             await self._r.delete(k)
