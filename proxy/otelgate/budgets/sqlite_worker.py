@@ -59,7 +59,8 @@ class SqliteWorker:
         self._conn: sqlite3.Connection | None = None
         self._max_batch = max_batch
         self._after_batch = after_batch
-        self._q: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._q: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
+        self._outbox: dict[asyncio.AbstractEventLoop, list[_Job]] = {}  # per loop: jobs not yet handed over
         self._claim = threading.Lock()  # taking vs abandoning a queued job
         self._start_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -80,7 +81,14 @@ class SqliteWorker:
         loop = asyncio.get_running_loop()
         job = _Job(fn, loop, loop.create_future())
         self._ensure_started()
-        self._q.put(job)
+        # Jobs queued in the same turn of the loop go to the thread together: one wake-up (and one GIL hand-over)
+        # per turn rather than per job.
+        outbox = self._outbox.get(loop)
+        if outbox is None:
+            self._outbox[loop] = [job]
+            loop.call_soon(self._hand_over, loop)
+        else:
+            outbox.append(job)
         assert job.fut is not None
         try:
             return await job.fut
@@ -90,11 +98,17 @@ class SqliteWorker:
                     job.state = 2  # not started: the thread will skip it, nothing reaches the store
             raise
 
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        jobs = self._outbox.pop(loop, None)
+        if jobs:
+            self._q.put(jobs)
+
     async def stop(self) -> None:
         """Finish what is queued, close the connections, end both threads."""
         t = self._thread
         if t is None:
             return
+        self._hand_over(asyncio.get_running_loop())
         self._q.put(None)
         await asyncio.get_running_loop().run_in_executor(None, t.join)
 
@@ -111,10 +125,10 @@ class SqliteWorker:
     def _main(self) -> None:
         try:
             while True:
-                job = self._q.get()
-                if job is None:
+                jobs = self._q.get()
+                if jobs is None:
                     break
-                batch = [job]
+                batch = list(jobs)
                 stop = False
                 while len(batch) < self._max_batch:
                     try:
@@ -124,8 +138,9 @@ class SqliteWorker:
                     if nxt is None:
                         stop = True
                         break
-                    batch.append(nxt)
-                self._run_batch(batch)
+                    batch += nxt
+                for start in range(0, len(batch), self._max_batch):  # a long hand-over: several commits
+                    self._run_batch(batch[start:start + self._max_batch])
                 if stop:
                     break
         finally:
