@@ -253,7 +253,9 @@ class Pipeline:
             error = data.get("error") if data else None
             ctx.result.error_type = str(error.get("type")) if isinstance(error, dict) else str(reply.status)
         elif ctx.route.generates:
-            data = decode_json(reply.body, reply.headers.get("content-encoding"))
+            data = reply.data
+            if data is None:
+                data = decode_json(reply.body, reply.headers.get("content-encoding"))
             if data is not None:
                 try:
                     ctx.provider.parse_response(data, ctx.route, ctx.result)

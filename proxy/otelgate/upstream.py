@@ -23,7 +23,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -112,6 +112,7 @@ class UpstreamReply:
     body: bytes | None  # read already (non-streaming, or any error status)
     response: StreamingBody | None  # unread streaming body, for the relay; caller must close or release it
     gave_up: bool = False  # a retryable failure, handed on after otelgate spent every attempt it may make
+    data: dict[str, Any] | None = None  # the body as JSON, when it was decoded here already (a 2xx JSON answer)
 
 
 class _Failed(Exception):
@@ -351,13 +352,15 @@ class Upstream:
             response.close()
             raise
         response.release()
+        decoded = None
         if response.status < 400 and ctx.route.generates and _is_json(response.headers):
-            if decode_json(data, response.headers.get("content-encoding")) is None:
+            decoded = decode_json(data, response.headers.get("content-encoding"))
+            if decoded is None:
                 raise GatewayError(
                     "api_error", f"upstream {self.name} ({target.server_address}) sent a response that is not "
                     "valid JSON", reason="invalid_json",
                 )
-        return UpstreamReply(response.status, response.headers, data, None)
+        return UpstreamReply(response.status, response.headers, data, None, data=decoded)
 
     async def _read_chunks(
         self, ctx: RequestContext, target: Target, response: aiohttp.ClientResponse, *, first_only: bool
