@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from otelgate.context import Result
 from otelgate.providers import PROVIDERS, Route
 from otelgate.sim import SimUpstream
-from otelgate.sse import SSEError, SSEParser
+from otelgate.sse import SSEError, SSEEvent, SSEParser
 from proxyutil import gateway_thread
 
 PROPERTY = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -257,3 +257,44 @@ def test_provider_stream_parsers_raise_only_sse_error(data):
             parser.feed(data)
         except SSEError:
             pass
+
+
+def reference_events(data: bytes) -> list[SSEEvent] | None:
+    """The event-stream rules SSEParser follows, line by line with nothing clever: None where it must refuse."""
+    events, name, lines = [], None, []
+    *complete, _rest = data.split(b"\n")
+    for line in complete:
+        line = line[:-1] if line.endswith(b"\r") else line
+        if not line:
+            if lines or name is not None:
+                events.append(SSEEvent(name, "\n".join(lines)))
+            name, lines = None, []
+        elif not line.startswith(b":"):
+            field, _, value = line.partition(b":")
+            value = value[1:] if value.startswith(b" ") else value
+            if field == b"data":
+                lines.append(value.decode("utf-8", "replace"))
+            elif field == b"event":
+                name = value.decode("utf-8", "replace")
+            elif field not in (b"id", b"retry"):
+                return None
+    return events
+
+
+SSE_LINES = st.sampled_from([b"data: x", b"data:y", b"data:  two spaces", b"data:", b"event: e", b"event:f",
+                             b": comment", b"id: 7", b"retry: 10", b"", b"\r", b"data: caf\xc3\xa9", b"data: \xff",
+                             b"event: message_start", b"bogus: z"])
+
+
+@PROPERTY
+@given(lines=st.lists(SSE_LINES, max_size=30), crlf=st.booleans(), cuts=st.lists(st.integers(0, 10**4), max_size=6))
+def test_sse_parser_matches_the_plain_line_by_line_rules(lines, crlf, cuts):
+    data = (b"\r\n" if crlf else b"\n").join(lines) + b"\n"
+    expected = reference_events(data)
+    parser = SSEParser()
+    try:
+        got = [event for piece in split(data, cuts) for event in parser.feed(piece)]
+    except SSEError:
+        assert expected is None
+        return
+    assert got == expected

@@ -30,24 +30,33 @@ class SSEParser:
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         buffer = self._buffer + chunk if self._buffer else chunk
+        if b"\n" not in buffer:
+            self._buffer = buffer
+            if len(buffer) > self._max_event_bytes:
+                raise SSEError("event larger than the limit")
+            return []
+        # One split at C speed, then the two common fields inline: a stream is mostly `event:` / `data:` lines.
+        lines = buffer.split(b"\n")
+        self._buffer = lines.pop()
         events: list[SSEEvent] = []
-        start = 0
-        while True:
-            end = buffer.find(b"\n", start)
-            if end < 0:
-                break
-            line = buffer[start:end]
-            start = end + 1
-            if line.endswith(b"\r"):
+        data = self._data
+        for line in lines:
+            if line[-1:] == b"\r":
                 line = line[:-1]
             if not line:
-                if self._data or self._event is not None:
-                    events.append(SSEEvent(self._event, "\n".join(self._data)))
+                if data or self._event is not None:
+                    events.append(SSEEvent(self._event, data[0] if len(data) == 1 else "\n".join(data)))
                     self._event = None
-                    self._data = []
+                    data = self._data = []
                 continue
-            self._line(line)
-        self._buffer = buffer[start:]
+            if line[:5] == b"data:":
+                value = line[6:] if line[5:6] == b" " else line[5:]
+                data.append(value.decode("utf-8", "replace"))
+            elif line[:6] == b"event:":
+                value = line[7:] if line[6:7] == b" " else line[6:]
+                self._event = value.decode("utf-8", "replace")
+            else:
+                self._line(line)
         if len(self._buffer) > self._max_event_bytes:
             raise SSEError("event larger than the limit")
         return events
