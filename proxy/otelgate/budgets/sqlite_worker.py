@@ -190,7 +190,7 @@ class SqliteWorker:
             if len(jobs) == 1:  # alone: the transaction is the unit, no savepoint needed
                 results: list[tuple[bool, Any]] = [(True, jobs[0].fn(c))]
             else:
-                results = [self._in_savepoint(c, j.fn) for j in jobs]
+                results = self._all_or_each(c, jobs)
             c.execute("COMMIT")
         except BaseException:
             if c.in_transaction:
@@ -203,6 +203,19 @@ class SqliteWorker:
         if self._ckpt_thread is not None and self._since_ckpt >= self._ckpt_every:
             self._ckpt_wake.set()
         return results
+
+    def _all_or_each(self, c: sqlite3.Connection, jobs: list[_Job]) -> list[tuple[bool, Any]]:
+        """Run the batch's operations. Operations almost never fail, so they first run without savepoints (two
+        statements fewer each, about a fifth of a reserve's cost); if one raises, the transaction is rolled
+        back and the batch runs again with each operation in its own savepoint, so only the failing one is
+        undone. Operations are functions of the connection and their instant: running one again is safe."""
+        try:
+            return [(True, job.fn(c)) for job in jobs]
+        except Exception:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            c.execute("BEGIN IMMEDIATE")
+        return [self._in_savepoint(c, job.fn) for job in jobs]
 
     def _in_savepoint(self, c: sqlite3.Connection, fn: Op) -> tuple[bool, Any]:
         c.execute("SAVEPOINT op")
