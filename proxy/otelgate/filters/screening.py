@@ -21,9 +21,10 @@ pasted in a system prompt leaks just the same.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from otelgate.errors import GatewayError
 from otelgate.screening import REDACTION, Screener, Verdict, find_secrets, redact_secrets
@@ -35,6 +36,23 @@ if TYPE_CHECKING:
 
 _ALL_LOCATIONS = frozenset({"user", "tool_result", "system", "documents"})
 _CACHE_SIZE = 8192
+_T = TypeVar("_T")
+
+
+def _cached(cache: OrderedDict[bytes, _T], digest: bytes) -> _T | None:
+    found = cache.get(digest)
+    if found is not None:
+        with contextlib.suppress(KeyError):  # evicted meanwhile by a scan running in a worker thread
+            cache.move_to_end(digest)
+    return found
+
+
+def _remember(cache: OrderedDict[bytes, _T], digest: bytes, value: _T) -> _T:
+    cache[digest] = value
+    if len(cache) > _CACHE_SIZE:
+        with contextlib.suppress(KeyError):
+            cache.popitem(last=False)
+    return value
 # Above this many characters in one request the scan runs in a worker thread, so one huge request does not stall
 # every other connection on the event loop (the screener is immutable and thread-safe).
 _THREAD_CHARS = 64 * 1024
@@ -92,7 +110,8 @@ class ScreeningFilter:
         self.screener: Screener | None = (
             Screener.from_packs(self.config.packs, threshold=self.config.threshold) if modes - {"off"} else None
         )
-        self._cache: OrderedDict[bytes, Verdict] = OrderedDict()
+        self._cache: OrderedDict[bytes, Verdict] = OrderedDict()  # verdicts by text hash
+        self._secret_kinds: OrderedDict[bytes, tuple[str, ...]] = OrderedDict()  # secret kinds by text hash
 
     def mode_for(self, ctx: RequestContext) -> str:
         principal = ctx.principal
@@ -141,23 +160,22 @@ class ScreeningFilter:
     def _judge(self, findings: list[_Finding]) -> None:
         for finding in findings:
             text = finding.ref.text
+            if not text:
+                continue
+            digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
             if finding.secret:
-                finding.secrets = [match.kind for match in find_secrets(text)]
-            if finding.inject and text and text != REDACTION:
-                finding.verdict = self._scan(text)
-
-    def _scan(self, text: str) -> Verdict:
-        assert self.screener is not None
-        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-        cached = self._cache.get(digest)
-        if cached is not None:
-            self._cache.move_to_end(digest)
-            return cached
-        verdict = self.screener.scan(text)
-        self._cache[digest] = verdict
-        if len(self._cache) > _CACHE_SIZE:
-            self._cache.popitem(last=False)
-        return verdict
+                # Redaction rescans an agent's whole history every turn: remember which texts hold secrets (and
+                # which kinds) by hash, so an unchanged text costs a hash, not a scan.
+                kinds = _cached(self._secret_kinds, digest)
+                if kinds is None:
+                    kinds = _remember(self._secret_kinds, digest, tuple(m.kind for m in find_secrets(text)))
+                finding.secrets = list(kinds)
+            if finding.inject and text != REDACTION:
+                assert self.screener is not None
+                verdict = _cached(self._cache, digest)
+                if verdict is None:
+                    verdict = _remember(self._cache, digest, self.screener.scan(text))
+                finding.verdict = verdict
 
     def _act(self, ctx: RequestContext, findings: list[_Finding], mode: str, secrets: str) -> None:
         # Record first, refuse after: the verdicts of a blocked request are what telemetry must show.
