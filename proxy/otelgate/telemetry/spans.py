@@ -31,14 +31,14 @@ from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits, TracerProvi
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Decision, ParentBased
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from otelgate.telemetry import semconv as sc
+from otelgate.telemetry import traceparent
 
 if TYPE_CHECKING:
     from otelgate.context import Attempt, RequestContext
 
-PROPAGATOR = TraceContextTextMapPropagator()
+PROPAGATOR = traceparent.PROPAGATOR
 _PRIMITIVES = (str, bool, int, float)
 _PRIMITIVE_TYPES = frozenset((str, bool, int, float, bytes))
 _UNSET = Status(StatusCode.UNSET)
@@ -121,6 +121,11 @@ class SpanWriter:
         self._inherit_local = delegates("_local_parent_sampled", "_local_parent_not_sampled")
         self._inherit_remote = delegates("_remote_parent_sampled", "_remote_parent_not_sampled")
         self._root_on = parent_based and getattr(sampler, "_root", None) is ALWAYS_ON
+
+    @property
+    def inherits_remote(self) -> bool:
+        """Whether a remote parent's flags decide sampling without asking the sampler (default sampler)."""
+        return self._inherit_remote
 
     @property
     def limits(self) -> SpanLimits:
@@ -248,9 +253,9 @@ class CallSpans:
 
 def start(writer: SpanWriter, ctx: RequestContext) -> CallSpans:
     request = ctx.request
-    headers = request.headers
-    parent_context = PROPAGATOR.extract(headers) if "traceparent" in headers else None
-    parent = trace.get_current_span(parent_context).get_span_context() if parent_context is not None else None
+    parent, parent_context = traceparent.parse(request.headers)
+    if parent_context is None and parent is not None and not writer.inherits_remote:
+        parent_context = traceparent.parent_context(parent)  # what the propagator gave; the sampler reads it
     path = request.path
     server_attributes: dict[str, Any] = {
         sc.HTTP_REQUEST_METHOD: request.method,
