@@ -210,7 +210,11 @@ class SqliteWorker:
         back and the batch runs again with each operation in its own savepoint, so only the failing one is
         undone. Operations are functions of the connection and their instant: running one again is safe."""
         try:
-            return [(True, job.fn(c)) for job in jobs]
+            results = []
+            for job in jobs:
+                results.append((True, job.fn(c)))
+                self.last_answer = time.monotonic()  # a long batch still shows the store is working
+            return results
         except Exception:
             if c.in_transaction:
                 c.execute("ROLLBACK")
