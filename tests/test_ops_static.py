@@ -300,7 +300,8 @@ def test_docker_compose_config_validates() -> None:
 def test_dockerfile_builds_the_proxy_image() -> None:
     text = (REPO / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim$", text, flags=re.M)
-    assert "pip install ." in text
+    # The package with the Redis store's client (replicas share budgets through Redis) and uvloop.
+    assert 'pip install ".[redis,speed]"' in text
     assert "/health" in text and "HEALTHCHECK" in text
     assert 'CMD ["serve", "--host", "0.0.0.0"]' in text and 'ENTRYPOINT ["otelgate"]' in text
     for line in re.findall(r"^COPY (.+)$", text, flags=re.M):
