@@ -10,7 +10,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from otelgate.telemetry import traceparent
+from otelgate.telemetry import otlp_wire, traceparent
 
 PROPAGATOR = TraceContextTextMapPropagator()
 HEX = "0123456789abcdef"
@@ -106,3 +106,90 @@ def test_generated_headers_match_the_propagator(
     if tracestate is not None:
         headers["tracestate"] = tracestate
     check(headers)
+
+
+# --- the memoised OTLP attribute encoder against the plain one, and spans with dropped counts against the SDK -------
+def plain_attributes(tag: bytes, attrs: dict[str, Any], skip_none: bool = False) -> bytes:
+    """The encoding without any cache: one KeyValue field per attribute, straight from `key_value`."""
+    out = b""
+    for key, value in attrs.items():
+        if value is None and skip_none:
+            continue
+        try:
+            out += otlp_wire._field(tag, otlp_wire.key_value(key, value))
+        except Exception:
+            continue
+    return out
+
+
+attr_values = st.one_of(
+    st.text(max_size=140),
+    st.integers(-(2**63), 2**64 - 1),
+    st.booleans(),
+    st.floats(allow_nan=False),
+    st.sampled_from([0, 1, 1.0, 0.0, True, False, "1", "", None]),
+    st.lists(st.integers(0, 9), max_size=3).map(tuple),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    batches=st.lists(
+        st.dictionaries(st.sampled_from(["a", "b", "gen_ai.request.model", "k" * 130]), attr_values, max_size=5),
+        min_size=1,
+        max_size=6,
+    ),
+    skip_none=st.booleans(),
+)
+def test_memoised_attributes_equal_the_plain_encoding(batches: list[dict[str, Any]], skip_none: bool) -> None:
+    original = otlp_wire._MAX_FIELDS
+    otlp_wire._MAX_FIELDS = 6  # small: clearing a full cache happens within the run too
+    try:
+        for attrs in batches * 2:  # the second pass hits the caches
+            for tag in (b"\x0a", b"\x4a"):
+                assert otlp_wire.attributes(tag, attrs, skip_none) == plain_attributes(tag, attrs, skip_none)
+                assert len(otlp_wire._FIELDS.get(tag, ())) <= 6
+    finally:
+        otlp_wire._MAX_FIELDS = original
+
+
+def test_equal_but_differently_typed_values_are_not_confused() -> None:
+    for _ in range(2):
+        for value in (1, True, 1.0, "1", 0, False, 0.0, ""):
+            attrs = {"x": value}
+            assert otlp_wire.attributes(b"\x0a", attrs) == plain_attributes(b"\x0a", attrs)
+
+
+def test_spans_with_dropped_attributes_events_and_links_match_the_sdk_encoder() -> None:
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as sdk_encode_spans
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import Link, SpanContext, Status, StatusCode, TraceFlags
+
+    for limits in (
+        SpanLimits(max_span_attributes=0, max_events=0, max_links=0),
+        SpanLimits(max_span_attributes=1, max_events=1, max_links=1, max_event_attributes=1),
+    ):
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider(span_limits=limits)
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        tracer = provider.get_tracer("t")
+        other = SpanContext(5, 6, True, TraceFlags(1))
+        links = [Link(other, {"a": 1}), Link(SpanContext(7, 8, False, TraceFlags(1)))]
+        with tracer.start_as_current_span("s", links=links, attributes={"a": 1, "b": "x", "c": True}) as span:
+            span.add_event("e1", {"x": 1, "y": 2.5})
+            span.add_event("e2")
+            span.set_status(Status(StatusCode.ERROR, "boom"))
+        with tracer.start_as_current_span("ok") as span:
+            span.set_status(Status(StatusCode.OK))
+        spans = list(exporter.get_finished_spans())
+        # The SDK's own span objects (a subclass), too: they take the property path of the encoder.
+        live = tracer.start_span("live", attributes={"a": 1, "b": 2})
+        live.add_event("e")
+        live.end()
+        spans.append(live)
+        ours = ExportTraceServiceRequest.FromString(otlp_wire.encode_spans(spans))
+        assert ours == sdk_encode_spans(spans)
+        provider.shutdown()

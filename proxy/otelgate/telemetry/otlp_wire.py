@@ -16,6 +16,8 @@ import struct
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from opentelemetry.sdk.trace import ReadableSpan
+
 _fixed64 = struct.Struct("<Q").pack
 _fixed32 = struct.Struct("<I").pack
 _double = struct.Struct("<d").pack
@@ -94,11 +96,52 @@ def key_value(key: str, value: Any) -> bytes:
     return _key(key) + _ld(b"\x12", any_value(value))
 
 
-# (key, value) -> the whole tagged KeyValue field, per field tag, for short strings and ints: models, routes,
-# providers, keys, teams, statuses and ports repeat from call to call. Bounded: cleared when full.
-_FIELDS: dict[bytes, dict[tuple[str, Any], bytes]] = {}
+# The whole tagged KeyValue field, per field tag, memoised for values that repeat from call to call (models,
+# routes, providers, keys, teams, statuses, ports, flags): `_Fields.plain` maps the attribute's (key, value) item
+# itself (no tuple built) for short strings and ints, `bools` the same for bools (kept apart: True == 1 as a dict
+# key), and `floats` maps a key to the field's bytes up to the 8-byte double (the field length is fixed for a key).
+# Bounded: a cache full of one-off values (ids, token counts) is cleared so the repeating ones come back.
 _MAX_FIELDS = 16384
 _CACHE_MAX_LEN = 128
+
+
+class _Fields:
+    __slots__ = ("bools", "floats", "plain", "tag")
+
+    def __init__(self, tag: bytes) -> None:
+        self.tag = tag
+        self.plain: dict[tuple[str, Any], bytes] = {}
+        self.bools: dict[tuple[str, bool], bytes] = {}
+        self.floats: dict[str, bytes] = {}
+
+    def __len__(self) -> int:
+        return len(self.plain) + len(self.bools) + len(self.floats)
+
+    def _store(self, cache: dict[Any, bytes], key: Any, encoded: bytes) -> bytes:
+        if len(self) >= _MAX_FIELDS:
+            self.plain.clear()  # full of one-off values: start over so the repeating ones are cached again
+            self.bools.clear()
+            self.floats.clear()
+        cache[key] = encoded
+        return encoded
+
+    def plain_field(self, item: tuple[str, Any]) -> bytes:
+        encoded = _field(self.tag, key_value(*item))
+        value = item[1]
+        if type(value) is int or len(value) <= _CACHE_MAX_LEN:
+            self._store(self.plain, item, encoded)
+        return encoded
+
+    def bool_field(self, item: tuple[str, bool]) -> bytes:
+        return self._store(self.bools, item, _field(self.tag, key_value(*item)))
+
+    def float_prefix(self, key: str) -> bytes:
+        # KeyValue = key field, then field 2 holding AnyValue{double_value (4, fixed64)}: 0x12 0x09 0x21 + 8 bytes.
+        kv_head = _key(key) + b"\x12\x09\x21"
+        return self._store(self.floats, key, self.tag + varint(len(kv_head) + 8) + kv_head)
+
+
+_FIELDS: dict[bytes, _Fields] = {}
 
 
 def _field(tag: bytes, kv: bytes) -> bytes:
@@ -106,36 +149,42 @@ def _field(tag: bytes, kv: bytes) -> bytes:
     return tag + (_SMALL[n] if n < 128 else varint(n)) + kv
 
 
+def _fields(tag: bytes) -> _Fields:
+    fields = _FIELDS.get(tag)
+    if fields is None:
+        fields = _FIELDS[tag] = _Fields(tag)
+    return fields
+
+
 def attributes(tag: bytes, attrs: Mapping[str, Any] | None, skip_none: bool = False) -> bytes:
     """Repeated KeyValue under `tag` (an attribute the SDK fails to encode is left out, as there)."""
     if not attrs:
         return b""
-    cache = _FIELDS.get(tag)
-    if cache is None:
-        cache = _FIELDS[tag] = {}
+    fields = _FIELDS.get(tag) or _fields(tag)
+    plain, bools, floats = fields.plain, fields.bools, fields.floats
     parts = []
-    for key, value in attrs.items():
-        kind = type(value)
-        # Strings and ints (most attributes) through the cache: this loop is the encoder's hot spot.
+    append = parts.append
+    # This loop is the encoder's hot spot: one type test, one dict lookup on the item, one append per attribute.
+    for item in attrs.items():
+        kind = type(item[1])
         if kind is str or kind is int:
-            if kind is int or len(value) <= _CACHE_MAX_LEN:
-                pair = (key, value)
-                encoded = cache.get(pair)
-                if encoded is None:
-                    encoded = _field(tag, key_value(key, value))
-                    if len(cache) >= _MAX_FIELDS:
-                        cache.clear()  # full of one-off ids: start over so the repeating values are cached again
-                    cache[pair] = encoded
-                parts.append(encoded)
-            else:
-                parts.append(_field(tag, key_value(key, value)))
-        elif value is None and skip_none:
+            encoded = plain.get(item)
+            if encoded is None:
+                encoded = fields.plain_field(item)
+        elif kind is float:
+            encoded = (floats.get(item[0]) or fields.float_prefix(item[0])) + _double(item[1])
+        elif kind is bool:
+            encoded = bools.get(item)
+            if encoded is None:
+                encoded = fields.bool_field(item)
+        elif item[1] is None and skip_none:
             continue
         else:
             try:
-                parts.append(_field(tag, key_value(key, value)))
+                encoded = _field(tag, key_value(*item))
             except Exception:
                 continue
+        append(encoded)
     return b"".join(parts)
 
 
@@ -200,52 +249,83 @@ def _trace_state(state: Any) -> str:
     return ",".join([f"{k}={v}" for k, v in state.items()]) if state is not None else ""
 
 
+_ALL_BOUNDED = (True, True, True)
+_KINDS: dict[Any, bytes] = {}  # SpanKind -> field 6; the SDK's SpanKind is the proto's minus one
+_STATUSES: dict[Any, bytes] = {}  # StatusCode -> the whole status field (7) when there is no description
+
+
+def _kind(kind: Any) -> bytes:
+    encoded = _KINDS.get(kind)
+    if encoded is None:
+        encoded = _KINDS[kind] = b"\x30" + varint(kind.value + 1)
+    return encoded
+
+
+def _status(status: Any) -> bytes:
+    code = status.status_code
+    if not status.description:
+        encoded = _STATUSES.get(code)
+        if encoded is None:
+            encoded = _STATUSES[code] = _ld(b"\x7a", b"\x18" + varint(code.value) if code.value else b"")
+        return encoded
+    body = b"\x18" + varint(code.value) if code.value else b""
+    return _ld(b"\x7a", body + _string(b"\x12", status.description))
+
+
 def span(s: Any) -> bytes:
     """Span message body from an SDK `ReadableSpan`."""
+    if type(s) is ReadableSpan:
+        # Its own fields, not the properties: `attributes`, `events` and `links` copy on every read. Dropped counts
+        # exist only on the SDK's bounded containers: a plain dict or tuple has none (skip the property then).
+        attrs, events, links = s._attributes, s._events, s._links
+        bounded = type(attrs) is not dict, type(events) is not tuple, type(links) is not tuple
+    else:
+        attrs, events, links = s.attributes, s.events, s.links
+        bounded = _ALL_BOUNDED
     ctx = s.context
     out = [b"\x0a\x10", ctx.trace_id.to_bytes(16, "big"), b"\x12\x08", ctx.span_id.to_bytes(8, "big")]
-    state = _trace_state(ctx.trace_state)
+    state = ctx.trace_state
     if state:
-        out.append(_string(b"\x1a", state))
+        out.append(_string(b"\x1a", _trace_state(state)))
     parent = s.parent
     if parent:
         out.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
     if s.name:
         out.append(_string(b"\x2a", s.name))
-    out.append(b"\x30" + _SMALL[s.kind.value + 1])  # the SDK's SpanKind is the proto's minus one
+    out.append(_KINDS.get(s.kind) or _kind(s.kind))
     if s.start_time:
         out.append(b"\x39" + _fixed64(s.start_time))
     if s.end_time:
         out.append(b"\x41" + _fixed64(s.end_time))
-    out.append(attributes(b"\x4a", s.attributes))
-    if s.dropped_attributes:
+    if attrs:
+        out.append(attributes(b"\x4a", attrs))
+    if bounded[0] and s.dropped_attributes:  # also with no attributes left (a limit of 0)
         out.append(b"\x50" + varint(s.dropped_attributes))
-    for event in s.events:
-        body = b"\x09" + _fixed64(event.timestamp) if event.timestamp else b""
-        if event.name:
-            body += _string(b"\x12", event.name)
-        body += attributes(b"\x1a", event.attributes)
-        if event.dropped_attributes:
-            body += b"\x20" + varint(event.dropped_attributes)
-        out.append(_ld(b"\x5a", body))
-    if s.dropped_events:
+    if events:
+        for event in events:
+            body = b"\x09" + _fixed64(event.timestamp) if event.timestamp else b""
+            if event.name:
+                body += _string(b"\x12", event.name)
+            body += attributes(b"\x1a", event.attributes)
+            if event.dropped_attributes:
+                body += b"\x20" + varint(event.dropped_attributes)
+            out.append(_ld(b"\x5a", body))
+    if bounded[1] and s.dropped_events:
         out.append(b"\x60" + varint(s.dropped_events))
-    for link in s.links:
-        lc = link.context
-        body = b"\x0a\x10" + lc.trace_id.to_bytes(16, "big") + b"\x12\x08" + lc.span_id.to_bytes(8, "big")
-        body += attributes(b"\x22", link.attributes)
-        if link.dropped_attributes:
-            body += b"\x28" + varint(link.dropped_attributes)
-        body += b"\x35" + _fixed32(_HAS_IS_REMOTE | (_IS_REMOTE if lc.is_remote else 0))
-        out.append(_ld(b"\x6a", body))
-    if s.dropped_links:
+    if links:
+        for link in links:
+            lc = link.context
+            body = b"\x0a\x10" + lc.trace_id.to_bytes(16, "big") + b"\x12\x08" + lc.span_id.to_bytes(8, "big")
+            body += attributes(b"\x22", link.attributes)
+            if link.dropped_attributes:
+                body += b"\x28" + varint(link.dropped_attributes)
+            body += b"\x35" + _fixed32(_HAS_IS_REMOTE | (_IS_REMOTE if lc.is_remote else 0))
+            out.append(_ld(b"\x6a", body))
+    if bounded[2] and s.dropped_links:
         out.append(b"\x70" + varint(s.dropped_links))
     status = s.status
     if status is not None:
-        body = b"\x18" + _SMALL[status.status_code.value] if status.status_code.value else b""
-        if status.description:
-            body += _string(b"\x12", status.description)
-        out.append(_ld(b"\x7a", body))
+        out.append(_status(status))
     out.append(_FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL)
     return b"".join(out)
 
