@@ -144,6 +144,7 @@ attr_values = st.one_of(
 def test_memoised_attributes_equal_the_plain_encoding(batches: list[dict[str, Any]], skip_none: bool) -> None:
     original = otlp_wire._MAX_FIELDS
     otlp_wire._MAX_FIELDS = 6  # small: clearing a full cache happens within the run too
+    otlp_wire._FIELDS.clear()  # what earlier tests cached was under the normal bound
     try:
         for attrs in batches * 2:  # the second pass hits the caches
             for tag in (b"\x0a", b"\x4a"):
@@ -193,3 +194,75 @@ def test_spans_with_dropped_attributes_events_and_links_match_the_sdk_encoder() 
         ours = ExportTraceServiceRequest.FromString(otlp_wire.encode_spans(spans))
         assert ours == sdk_encode_spans(spans)
         provider.shutdown()
+
+
+# --- metric keys built once per raw label set, against keys built per call -------------------------------------------
+def test_reused_metric_keys_record_the_same_series_as_keys_built_per_call() -> None:
+    import copy
+    import random
+    import time
+
+    from aiohttp.test_utils import make_mocked_request
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    from otelgate.config import TelemetryConfig
+    from otelgate.context import Attempt, Principal, RequestContext, Usage
+    from otelgate.providers import PROVIDERS, Route
+    from otelgate.telemetry.aggregate import LocalMetrics
+    from otelgate.telemetry.metrics import Metrics
+    from otelgate.telemetry.setup import ExportStats
+
+    def metrics() -> Metrics:
+        config = TelemetryConfig(max_model_labels=2, max_key_labels=2)
+        meter = MeterProvider().get_meter("t")
+        return Metrics(meter, config, ExportStats(), LocalMetrics("t"))
+
+    chat = Route("anthropic", "messages", "chat", "/v1/messages", "POST", True)
+    other = Route("anthropic", "models", "models", "/v1/models", "GET", False)
+    request = make_mocked_request("POST", "/v1/messages")
+    contexts = []
+    now = time.time_ns()
+    rng = random.Random(7)  # every label chosen independently, so equal raw label sets differ in one label too
+    for i in range(2000):
+        ctx = RequestContext(request=request, provider=PROVIDERS["anthropic"], route=rng.choice([chat, chat, other]))
+        ctx.model = rng.choice(["m1", "m2", "m3", None])
+        ctx.result.response_model = rng.choice(["m1-x", None, "m2"])
+        ctx.principal = rng.choice(
+            [
+                Principal("k1", "t1", None),
+                Principal("k1", "t2", None),
+                Principal("k2", None, None),
+                None,
+                Principal("k3", "", None),
+            ]  # type: ignore[arg-type]
+        )
+        if rng.random() < 0.8:
+            host, port = rng.choice(["h1", "h2", None]), rng.choice([443, 8443, None])
+            ctx.attempts.append(Attempt(0, "https://h/v1", host, port, ctx.model, now, now, rng.choice([200, 529])))
+        ctx.result.usage = Usage(10 + i, 5, 0, 0, rng.random() < 0.5)
+        ctx.cost_usd = rng.choice([0.01, None])
+        ctx.outcome = rng.choice(["ok", "ok", "rejected"])
+        ctx.rejected_reason = "budget" if ctx.outcome == "rejected" else None
+        contexts.append(ctx)
+
+    cached, fresh = metrics(), metrics()
+    for i, ctx in enumerate(contexts * 2):
+        err = "529" if i % 6 == 0 else None
+        cached.record_call(ctx, (1, 2), 0.5, err, None, now + i)
+        fresh._call_key_sets.clear()  # the reference builds every key on every call
+        fresh._who.clear()
+        fresh.record_call(copy.copy(ctx), (1, 2), 0.5, err, None, now + i)
+        cached.record_session(i % 3 == 0, i, cached.who(ctx), None, now + i)
+        fresh._who.clear()
+        fresh.record_session(i % 3 == 0, i, fresh.who(ctx), None, now + i)
+    for mine, reference in zip(cached.local.counters, fresh.local.counters, strict=True):
+        assert mine.series == reference.series, mine.name
+    for mine, reference in zip(cached.local.histograms, fresh.local.histograms, strict=True):
+        assert mine.series.keys() == reference.series.keys(), mine.name
+        for key, entry in mine.series.items():
+            assert (entry.count, entry.sum, entry.counts) == (
+                reference.series[key].count,
+                reference.series[key].sum,
+                reference.series[key].counts,
+            )
+    assert any("_OTHER" in str(key) for key in cached.duration.series)  # the label limits were reached

@@ -27,6 +27,20 @@ _INPUT: Key = ((sc.GEN_AI_TOKEN_TYPE, sc.TOKEN_INPUT),)
 _OUTPUT: Key = ((sc.GEN_AI_TOKEN_TYPE, sc.TOKEN_OUTPUT),)
 
 
+_MAX_KEY_SETS = 4096
+
+
+class _CallKeys:
+    """The metric keys of one raw label set (provider, model, served model, upstream, key, team): models, routes and
+    principals repeat from call to call, so the tuples are built once, not per call."""
+
+    __slots__ = ("base", "cost", "input", "model", "output", "provider", "who")
+
+    def __init__(self, provider: str, model: str, who: Key, base: Key, input: Key, output: Key, cost: Key) -> None:
+        self.provider, self.model, self.who = provider, model, who
+        self.base, self.input, self.output, self.cost = base, input, output, cost
+
+
 class LabelLimiter:
     """First `limit` distinct values pass; later new ones become `_OTHER` (values already seen keep passing)."""
 
@@ -68,6 +82,8 @@ class Metrics:
         self._budgets: dict[tuple[str, str, str, str], tuple[float, float]] = {}
         self._circuit_sources: list[CircuitSource] = []
         self._inflight_sources: list[InflightSource] = []
+        self._call_key_sets: dict[tuple[Any, ...], _CallKeys] = {}
+        self._who: dict[tuple[str, str | None] | None, Key] = {}
 
         # Per-call instruments aggregate locally (see aggregate.py: the SDK's per-measurement path cost ~10 µs
         # each); the gauges and the exporter counters are read at collection anyway and stay SDK observables.
@@ -114,39 +130,25 @@ class Metrics:
         ttfc_s: float | None,
         end_ns: int,
     ) -> None:
-        provider = ctx.provider.name
-        model = self.models(ctx.model)
-        who = self.who(ctx)
         attempts = ctx.attempts
+        keys = self._call_keys(ctx)
+        provider, model = keys.provider, keys.model
         with self.local.lock:
             if ctx.route.operation == sc.OP_CHAT:
-                base: Key = (
-                    (sc.GEN_AI_OPERATION_NAME, sc.OP_CHAT),
-                    (sc.GEN_AI_PROVIDER_NAME, provider),
-                    (sc.GEN_AI_REQUEST_MODEL, model),
-                )
-                if ctx.result.response_model:
-                    base += ((sc.GEN_AI_RESPONSE_MODEL, self.models(ctx.result.response_model)),)
-                if attempts:
-                    last = attempts[-1]
-                    base += ((sc.SERVER_ADDRESS, last.server_address),)
-                    if last.server_port is not None:
-                        base += ((sc.SERVER_PORT, last.server_port),)
+                base = keys.base
                 duration_key = (*base, (sc.ERROR_TYPE, error_type)) if error_type else base
                 self.duration.record(duration_key, duration_s, end_ns, exemplar)
                 usage = ctx.result.usage
                 if usage.known:
-                    self.tokens.record(base + _INPUT, usage.total_input, end_ns, exemplar)
-                    self.tokens.record(base + _OUTPUT, usage.output_tokens, end_ns, exemplar)
+                    self.tokens.record(keys.input, usage.total_input, end_ns, exemplar)
+                    self.tokens.record(keys.output, usage.output_tokens, end_ns, exemplar)
                 if ctx.stream and ttfc_s is not None:
                     self.ttfc.record(base, ttfc_s, end_ns, exemplar)
                     first = ctx.result.first_chunk_ns
                     if first is not None and ctx.result.chunks > 1 and end_ns > first:
                         self.tpoc.record(base, (end_ns - first) / 1e9 / (ctx.result.chunks - 1), end_ns, exemplar)
             if ctx.cost_usd:
-                self.cost.add(
-                    (*who, (sc.GEN_AI_REQUEST_MODEL, model), (sc.GEN_AI_PROVIDER_NAME, provider)), ctx.cost_usd, end_ns
-                )
+                self.cost.add(keys.cost, ctx.cost_usd, end_ns)
             for attempt in attempts:
                 where = ((sc.GEN_AI_PROVIDER_NAME, provider), (sc.SERVER_ADDRESS, attempt.server_address))
                 if attempt.status is not None:
@@ -167,7 +169,7 @@ class Metrics:
                     end_ns,
                 )
             if ctx.outcome == "rejected":
-                self.rejected.add((*who, (sc.LABEL_REASON, ctx.rejected_reason or sc.OTHER)), 1, end_ns)
+                self.rejected.add((*keys.who, (sc.LABEL_REASON, ctx.rejected_reason or sc.OTHER)), 1, end_ns)
             for verdict in ctx.verdicts:
                 self._record_verdict(verdict, end_ns)
 
@@ -199,10 +201,61 @@ class Metrics:
 
     def who(self, ctx: RequestContext) -> Key:
         principal = ctx.principal
-        return (
-            (sc.OTELGATE_KEY, self.keys(principal.key_id) if principal else ""),
-            (sc.OTELGATE_TEAM, self.teams(principal.team) if principal and principal.team else ""),
+        raw = (principal.key_id, principal.team) if principal is not None else None
+        who = self._who.get(raw)
+        if who is None:
+            who = (
+                (sc.OTELGATE_KEY, self.keys(principal.key_id) if principal else ""),
+                (sc.OTELGATE_TEAM, self.teams(principal.team) if principal and principal.team else ""),
+            )
+            self._who[raw] = who
+            if len(self._who) > _MAX_KEY_SETS:
+                self._who.clear()
+        return who
+
+    def _call_keys(self, ctx: RequestContext) -> _CallKeys:
+        """The call's metric keys, built once per distinct raw label set and reused (see _CallKeys)."""
+        principal = ctx.principal
+        attempts = ctx.attempts
+        last = attempts[-1] if attempts else None
+        raw = (
+            ctx.provider.name,
+            ctx.model,
+            ctx.result.response_model,
+            last is not None,
+            last.server_address if last is not None else None,
+            last.server_port if last is not None else None,
+            principal.key_id if principal is not None else None,
+            principal.team if principal is not None else None,
+            principal is not None,
+            ctx.route.operation == sc.OP_CHAT,
         )
+        keys = self._call_key_sets.get(raw)
+        if keys is None:
+            # Limiter calls in the order the keys were always built in: a value's label, once decided, is stable
+            # (seen values keep passing; the set of seen values only grows), so reusing the keys changes nothing.
+            provider = ctx.provider.name
+            model = self.models(ctx.model)
+            who = self.who(ctx)
+            base: Key = ()
+            if raw[-1]:  # chat: the GenAI client metrics' keys (the served model's label decided only here)
+                base = (
+                    (sc.GEN_AI_OPERATION_NAME, sc.OP_CHAT),
+                    (sc.GEN_AI_PROVIDER_NAME, provider),
+                    (sc.GEN_AI_REQUEST_MODEL, model),
+                )
+                if ctx.result.response_model:
+                    base += ((sc.GEN_AI_RESPONSE_MODEL, self.models(ctx.result.response_model)),)
+                if last is not None:
+                    base += ((sc.SERVER_ADDRESS, last.server_address),)
+                    if last.server_port is not None:
+                        base += ((sc.SERVER_PORT, last.server_port),)
+            cost = (*who, (sc.GEN_AI_REQUEST_MODEL, model), (sc.GEN_AI_PROVIDER_NAME, provider))
+            keys = _CallKeys(provider, model, who, base, base + _INPUT, base + _OUTPUT, cost)
+            if len(self._call_key_sets) >= _MAX_KEY_SETS:
+                self._call_key_sets.clear()  # raw model names come from clients: bounded like any cache
+            self._call_key_sets[raw] = keys
+        return keys
 
     # --- gauges fed by other stages ---------------------------------------------------------------------------
     def set_budget(self, scope: str, id: str, window: str, unit: str, spent: float, limit: float) -> None:

@@ -173,11 +173,22 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
     def __init__(self, exporter: SpanExporter, stats: ExportStats) -> None:
         super().__init__(exporter)
         self._stats = stats
+        # Once per span: the inner batch processor resolved here rather than through getattr chains per call.
+        inner = getattr(self, "_batch_processor", None)
+        direct = inner is not None and all(hasattr(inner, a) for a in ("_queue", "_max_queue_size", "emit"))
+        self._inner = inner if direct else None
 
     def on_end(self, span: ReadableSpan) -> None:
-        if _queue_full(self):
+        inner = self._inner
+        if inner is None:  # a future SDK without these internals: the generic path
+            if _queue_full(self):
+                self._stats.dropped[sc.SIGNAL_TRACES] += 1
+            super().on_end(span)
+            return
+        if len(inner._queue) >= inner._max_queue_size:
             self._stats.dropped[sc.SIGNAL_TRACES] += 1
-        super().on_end(span)
+        if span.context.trace_flags.sampled:  # what BatchSpanProcessor.on_end checks before emitting
+            inner.emit(span)
 
 
 class CountingBatchLogProcessor(BatchLogRecordProcessor):

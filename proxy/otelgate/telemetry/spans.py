@@ -45,6 +45,7 @@ _UNSET = Status(StatusCode.UNSET)
 _ERROR = Status(StatusCode.ERROR)
 _SAMPLED = TraceFlags.SAMPLED
 _RANDOM = getattr(TraceFlags, "RANDOM_TRACE_ID", 0)
+_FLAGS = [TraceFlags(i) for i in range(256)]
 
 
 def _event_value(value: Any) -> Any:
@@ -172,16 +173,11 @@ class SpanWriter:
 
     def _context(self, parent: SpanContext | None, trace_id: int, sampled: bool, trace_state: Any) -> SpanContext:
         flags = _SAMPLED if sampled else 0
-        random = parent.trace_flags.random_trace_id if parent is not None else self.ids.is_trace_id_random()
+        random = parent.trace_flags & _RANDOM if parent is not None else self.ids.is_trace_id_random()
         if random:
             flags |= _RANDOM
-        return SpanContext(
-            trace_id,
-            self.ids.generate_span_id(),
-            is_remote=False,
-            trace_flags=TraceFlags(flags),
-            trace_state=trace_state,
-        )
+        # TraceFlags are immutable ints: one shared instance per value instead of one per span.
+        return SpanContext(trace_id, self.ids.generate_span_id(), False, _FLAGS[flags], trace_state)
 
     def write(
         self,
@@ -198,6 +194,7 @@ class SpanWriter:
             return
         limits = self._limits
         attributes = _bounded(span.attributes, limits.max_span_attributes, limits.max_span_attribute_length)
+        start_ns = span.start_ns
         readable = ReadableSpan(
             name=span.name,
             context=span.context,
@@ -208,8 +205,8 @@ class SpanWriter:
             links=links,
             kind=span.kind,
             status=status,
-            start_time=span.start_ns,
-            end_time=max(end_ns, span.start_ns),
+            start_time=start_ns,
+            end_time=end_ns if end_ns > start_ns else start_ns,
             instrumentation_scope=self.scope,
         )
         self.provider._active_span_processor.on_end(readable)
