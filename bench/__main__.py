@@ -39,6 +39,7 @@ from bench._util import (
     ROOT,
     Redis,
     Soak,
+    agent_turn_body,
     cpu_seconds,
     free_port,
     paced,
@@ -57,6 +58,14 @@ from bench.peers.targets import TARGETS, Env, Running, describe, litellm_version
 # Ratios of added latency are left out where the base adds less than this (ms): below it they measure noise.
 ADDED_FLOOR = 0.25
 MODES = {"non-streaming": BODY, "streaming": {**BODY, "stream": True}}
+
+
+def modes(body: str) -> dict[str, dict[str, Any]]:
+    """The request bodies per mode: the small prompt, or a ~60 KB agent turn (--body agent)."""
+    if body == "agent":
+        turn = agent_turn_body()
+        return {"non-streaming": turn, "streaming": {**turn, "stream": True}}
+    return MODES
 
 
 @dataclass
@@ -90,7 +99,7 @@ def smoke(url: str) -> None:
 def measure(name: str, running: Running, args: argparse.Namespace) -> list[Row]:
     rows = []
     url = running.url + "/v1/messages"
-    for mode, body in MODES.items():
+    for mode, body in modes(args.body).items():
         wrk(url, body, args.warmup, args.connections, HEADERS, args.load_cores)
         before = cpu_seconds(running.pid) if running.pid else 0.0
         profile = args.profile / f"{name}-{mode}.txt" if args.profile and running.pid else None
@@ -241,6 +250,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, help="paced requests/s for latency (default 100)")
     parser.add_argument("--paced-seconds", type=float, help="paced latency duration (default 5)")
     parser.add_argument("--chunks", type=int, default=50, help="text deltas per simulated stream")
+    parser.add_argument("--body", choices=("small", "agent"), default="small",
+                        help="request body: a short prompt (default) or a ~60 KB agent turn with tool history")
     parser.add_argument("--soak", type=int, help="requests in the RSS/fd soak (default 100000; 0 = none)")
     parser.add_argument("--soak-target", default="otelgate-full-redis")
     parser.add_argument("--soak-concurrency", type=int, default=32)

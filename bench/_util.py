@@ -35,6 +35,30 @@ BODY: dict[str, Any] = {"model": MODEL, "max_tokens": 256,
 HEADERS = {"content-type": "application/json", "x-api-key": "sk-bench", "anthropic-version": "2023-06-01"}
 
 
+def agent_turn_body(rounds: int = 20, result_chars: int = 2500) -> dict[str, Any]:
+    """A coding agent's turn as a gateway sees it mid-run: a long system prompt, five tools with JSON schemas and
+    `rounds` tool calls already answered (each result a stretch of the Python reference manual), ~60 KB of JSON.
+    Deterministic, so every target gets the same bytes."""
+    from pydoc_data.topics import topics
+
+    text = " ".join(topics[k] for k in sorted(topics))
+    tools = [{"name": name, "description": f"{name.replace('_', ' ')} in the workspace",
+              "input_schema": {"type": "object", "properties": {"path": {"type": "string"},
+                                                                "query": {"type": "string"}},
+                               "required": ["path"]}}
+             for name in ("read_file", "write_file", "list_dir", "search_code", "run_tests")]
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "Fix the failing test in the parser module."}]
+    for i in range(rounds):
+        call_id = f"toolu_{i:04d}"
+        messages.append({"role": "assistant", "content": [
+            {"type": "text", "text": f"Step {i}: let me look at the next file."},
+            {"type": "tool_use", "id": call_id, "name": tools[i % 5]["name"], "input": {"path": f"src/m{i}.py"}}]})
+        start = (i * 7919 * result_chars) % (len(text) - result_chars)
+        messages.append({"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": call_id, "content": text[start:start + result_chars]}]})
+    return {"model": MODEL, "max_tokens": 1024, "system": text[:8000], "tools": tools, "messages": messages}
+
+
 # --- ports and processes ---------------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:
