@@ -298,3 +298,21 @@ def test_sse_parser_matches_the_plain_line_by_line_rules(lines, crlf, cuts):
         assert expected is None
         return
     assert got == expected
+
+
+def nesting(node: Any) -> int:
+    """Levels of containers, counted plainly (the root container is level 1; a scalar is 0)."""
+    if isinstance(node, dict):
+        return 1 + max((nesting(v) for v in node.values()), default=0)
+    if isinstance(node, list):
+        return 1 + max((nesting(v) for v in node), default=0)
+    return 0
+
+
+@PROPERTY
+@given(value=json_value, limit=st.integers(1, 8))
+def test_depth_check_agrees_with_plain_counting(value, limit):
+    from otelgate.pipeline import _depth_exceeds
+
+    root = {"x": value}
+    assert _depth_exceeds(root, limit) == (nesting(root) > limit)
