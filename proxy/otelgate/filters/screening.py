@@ -21,7 +21,6 @@ pasted in a system prompt leaks just the same.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
 from collections import OrderedDict
@@ -55,16 +54,20 @@ def _text_key(text: str) -> int | bytes:
 def _cached(cache: OrderedDict[int | bytes, _T], digest: int | bytes) -> _T | None:
     found = cache.get(digest)
     if found is not None:
-        with contextlib.suppress(KeyError):  # evicted meanwhile by a scan running in a worker thread
+        try:
             cache.move_to_end(digest)
+        except KeyError:  # evicted meanwhile by a scan running in a worker thread
+            pass
     return found
 
 
 def _remember(cache: OrderedDict[int | bytes, _T], digest: int | bytes, value: _T) -> _T:
     cache[digest] = value
     if len(cache) > _CACHE_SIZE:
-        with contextlib.suppress(KeyError):
+        try:
             cache.popitem(last=False)
+        except KeyError:  # emptied meanwhile by another thread
+            pass
     return value
 # Above this many characters in one request the scan runs in a worker thread, so one huge request does not stall
 # every other connection on the event loop (the screener is immutable and thread-safe).
