@@ -8,7 +8,7 @@ score = 1 - prod(1 - w_i). ``flagged`` is ``score >= threshold``.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -135,13 +135,12 @@ def _top_level_alternation(src: str) -> bool:
 _LITERAL_RE = re.compile(r"(?:[^\W_]|[ -])*")
 
 
-def _split_top(src: str) -> list[str]:
-    """``src`` split at its top-level ``|``."""
-    parts: list[str] = []
+def _scan(src: str, start: int = 0) -> Iterator[tuple[int, str, int]]:
+    """Each character of a regex source from ``start`` that is outside escapes and character classes, with the
+    group depth before it: the one reading of regex structure the load-time analyses share."""
     depth = 0
     in_class = False
-    cur = 0
-    i = 0
+    i = start
     while i < len(src):
         ch = src[i]
         if ch == "\\":
@@ -151,14 +150,31 @@ def _split_top(src: str) -> list[str]:
             in_class = ch != "]"
         elif ch == "[":
             in_class = True
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == "|" and depth == 0:
+        else:
+            yield i, ch, depth
+            if ch == "(":
+                depth += 1
+            elif ch == ")":
+                depth -= 1
+        i += 1
+
+
+def _group_end(src: str, start: int) -> int:
+    """Index of the ")" that closes the group opening at ``src[start]``, or -1."""
+    for i, ch, depth in _scan(src, start):
+        if ch == ")" and depth == 1:
+            return i
+    return -1
+
+
+def _split_top(src: str) -> list[str]:
+    """``src`` split at its top-level ``|``."""
+    parts: list[str] = []
+    cur = 0
+    for i, ch, depth in _scan(src):
+        if ch == "|" and depth == 0:
             parts.append(src[cur:i])
             cur = i + 1
-        i += 1
     parts.append(src[cur:])
     return parts
 
@@ -170,22 +186,7 @@ def _branch_heads(branch: str) -> list[str] | None:
         return None
     body = branch[2:]
     if body.startswith("(?:"):
-        depth = 0
-        end = -1
-        i = 0
-        while i < len(body):
-            ch = body[i]
-            if ch == "\\":
-                i += 2
-                continue
-            if ch == "(":
-                depth += 1
-            elif ch == ")":
-                depth -= 1
-                if depth == 0:
-                    end = i
-                    break
-            i += 1
+        end = _group_end(body, 0)
         if end == -1 or body[end + 1:end + 2] in ("?", "*", "{", "+"):
             return None
         alternatives = _split_top(body[3:end])
@@ -267,26 +268,8 @@ def _atoms(src: str) -> list[tuple[str, str, bool]] | None:
                 return None
             kind, text, i = "other", src[i:j + 1], j + 1
         elif ch == "(":
-            depth = 0
-            j = i
-            in_class = False
-            while j < n:
-                c = src[j]
-                if c == "\\":
-                    j += 2
-                    continue
-                if in_class:
-                    in_class = c != "]"
-                elif c == "[":
-                    in_class = True
-                elif c == "(":
-                    depth += 1
-                elif c == ")":
-                    depth -= 1
-                    if depth == 0:
-                        break
-                j += 1
-            if j >= n:
+            j = _group_end(src, i)
+            if j < 0:
                 return None
             kind, text, i = "group", src[i:j + 1], j + 1
         elif ch in _SPECIAL:
