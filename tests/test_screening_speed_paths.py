@@ -15,6 +15,7 @@ from otelgate.screening import Screener, load_packs
 from otelgate.screening.engine import Rule
 from otelgate.screening.model import InjectionModel, load_model, window_features, windows
 from otelgate.screening.normalize import normalize
+from screeningref import plain_normalize
 
 # Words that start, end or nearly match the heads and keywords of the made-up pack below, plus filler.
 _VOCAB = ["ign", "ignore", "ignored", "ignore all", "igno", "ig", "do", "do not", "dont", "don", "set", "aside",
@@ -210,22 +211,8 @@ def test_rule_matching_is_exact_for_punctuation_patterns(tmp_path: Path) -> None
 
 
 def _plain_normalize(text: str) -> tuple[str, str, str]:
-    """normalize() written out without its gates and shortcuts."""
-    import unicodedata
-
-    from otelgate.screening import normalize as nz
-
-    hidden = ""
-    if not text.isascii():
-        hidden = "".join(chr(ord(ch) - 0xE0000) for chunk in nz._TAG_RE.findall(text) for ch in chunk)
-        text = unicodedata.normalize("NFKC", text).translate(nz._INVISIBLE).casefold()
-        latin_dominant = len(text.encode("ascii", "ignore")) * 10 >= len(text) * 7
-        text = nz._CONFUSABLE_WORD_RE.sub(nz._fold_confusable_word if latin_dominant else nz._fold_mixed_word, text)
-    else:
-        text = text.lower()
-    words = _runs_leet(text)
-    words = nz._SPACED_RE.sub(nz._join_spaced, words)
-    return " ".join(text.split()), nz._NON_WORD_RE.sub(" ", words).strip(), hidden
+    """The plain version with leetspeak folded as the engine has shipped it."""
+    return plain_normalize(text, leet=_runs_leet)
 
 
 def _runs_leet(text: str) -> str:
