@@ -124,6 +124,25 @@ async def test_session_call_limit_stops_the_fourth_call(sim: SimUpstream, tmp_pa
         assert (calls["spent"], calls["reserved"], calls["limit"]) == (3, 0, 3)
 
 
+async def test_a_derived_session_belongs_to_its_key(sim: SimUpstream, tmp_path: Path) -> None:
+    """Without a session header the session comes from the conversation's first messages. Two keys whose agents
+    open the same way (one product, many customers) still run separate sessions, each with its own cap."""
+    cfg = config(sqlite_url(tmp_path), {"limits": {"session": {"max_calls": 2}}})
+    cfg["keys"][1]["limits"] = {"session": {"max_calls": 2}}
+    async with gateway(cfg, sim, telemetry=None) as gw:
+        a, b = client(gw, KEY_A), client(gw, KEY_B)
+        for _ in range(2):
+            await ask(a)
+        with pytest.raises(anthropic.RateLimitError) as err:
+            await ask(a)
+        assert "session limit of 2 calls" in msg(err.value)
+        for _ in range(2):
+            await ask(b)  # the same opening message, another key: not agent-a's session
+        with pytest.raises(anthropic.RateLimitError):
+            await ask(b)
+        assert len(sim.requests) == 4
+
+
 async def test_session_token_limit(sim: SimUpstream, tmp_path: Path) -> None:
     cfg = config(sqlite_url(tmp_path), {"limits": {"session": {"max_tokens": 100}}})
     async with gateway(cfg, sim, telemetry=None) as gw:

@@ -182,8 +182,14 @@ class Pipeline:
             return
         seed = provider.conversation_seed(ctx.json)
         if seed:
-            # The first messages of a conversation stay the same on every turn of an agent loop.
-            ctx.session_id = "conv-" + hashlib.sha256(seed.encode()).hexdigest()[:16]
+            # The first messages of a conversation stay the same on every turn of an agent loop. The caller's
+            # credential is part of the hash: two keys whose agents open with the same messages (one product,
+            # many customers) run different sessions, and one must not use up the other's session caps. (A
+            # one-way hash, truncated: the id reveals nothing of the key.)
+            headers = ctx.request.headers
+            credential = next((headers[h] for h in provider.auth_headers if h in headers), "")
+            digest = hashlib.sha256(f"{credential}\x00{seed}".encode("utf-8", "surrogatepass"))
+            ctx.session_id = "conv-" + digest.hexdigest()[:16]
             ctx.session_source = "hash"
 
     def _upstream_headers(self, ctx: RequestContext) -> CIMultiDict[str]:
