@@ -20,6 +20,7 @@ from redis.exceptions import NoScriptError
 
 from . import ratelimit
 from .counters import (
+    CounterRef,
     alert_mark_prefix,
     payload_json,
     plan,
@@ -34,7 +35,14 @@ from .redis_lua import RATE as RATE_LUA
 from .redis_lua import READ, RELEASE, RESERVE, RESET, SETTLE
 
 _payload = payload_json
+
+
+def _registry_expiry(ref: CounterRef, now: float) -> float:
+    """When the registry entry a reserve writes for ``ref`` expires (as the RESERVE script computes it)."""
+    return now + ref.sliding_ttl if ref.sliding_ttl else max(ref.expires_at, now + ref.window_seconds)
+
 MAX_PIPELINE = 256  # script calls per pipeline: bounds one write and the time Redis is busy with it
+REGISTER_EVERY = 60.0  # seconds a process may skip re-registering a limit it registered
 
 
 class RedisLedger(Ledger):
@@ -55,6 +63,7 @@ class RedisLedger(Ledger):
         self._pending: list[tuple[AsyncScript, list[Any], asyncio.Future[Any]]] = []
         self._flushing: asyncio.Task[None] | None = None
         self._flush_soon = False
+        self._registered_at: dict[str, tuple[float, float]] = {}  # rk -> (monotonic, expiry) of our last write
 
     async def _run(self, name: str, *args: Any) -> Any:
         """Run one of the ledger's scripts. Calls made while a pipeline is on the wire (or in the same turn of the
@@ -118,13 +127,19 @@ class RedisLedger(Ledger):
         now = time.time() if now is None else now
         refs = plan(limits, now)
         amt = amount.to_nano()
-        args = [self.prefix, repr(now), request_id, repr(self.reservation_ttl), _payload(refs, amt)]
+        args: list[Any] = [self.prefix, repr(now), request_id, repr(self.reservation_ttl), _payload(refs, amt)]
         if rate is not None and (rate.rpm is not None or rate.tpm is not None):
             args += [rate.key_id, -1 if rate.rpm is None else rate.rpm, -1 if rate.tpm is None else rate.tpm,
                      int(rate.tokens)]
+        else:
+            args += ["", -1, -1, 0]
+        register = self._should_register(refs, now)
+        args.append("1" if register else "0")
         out = await self._run("reserve", *args)
         code = int(out[0])
         if code == 1:
+            if register:
+                self._note_registered(refs, now)
             return Reservation(request_id, amount, tuple(limits), float(out[1]))
         if code == 2:
             raise ValueError(f"request {request_id!r} was already settled")
@@ -134,6 +149,25 @@ class RedisLedger(Ledger):
         ref, u = refs[int(out[1]) - 1], int(out[2]) - 1
         reset = float(out[4])
         return refusal_for(ref, u, int(out[3]), amt[u], None if reset < 0 else reset)
+
+    def _should_register(self, refs: list[CounterRef], now: float) -> bool:
+        """Whether a reserve must (re)write the limits registry (it only feeds usage listings). Not when this
+        process wrote the same limits within the last minute with an expiry at most a minute short: four to
+        sixteen Redis commands fewer per request."""
+        mono = time.monotonic()
+        for ref in refs:
+            seen = self._registered_at.get(ref.rk)
+            if seen is None or mono - seen[0] >= REGISTER_EVERY \
+                    or seen[1] < _registry_expiry(ref, now) - REGISTER_EVERY:
+                return True
+        return False
+
+    def _note_registered(self, refs: list[CounterRef], now: float) -> None:
+        if len(self._registered_at) > 10_000:
+            self._registered_at.clear()
+        mono = time.monotonic()
+        for ref in refs:
+            self._registered_at[ref.rk] = (mono, _registry_expiry(ref, now))
 
     async def settle(self, request_id: str, actual: Amount, limits: list[Limit] | None = None,
                      now: float | None = None) -> SettleResult:

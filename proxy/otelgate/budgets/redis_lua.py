@@ -9,9 +9,11 @@ local F = {'su','st','sc','ru','rt','rc'}
 local function n(x) return string.format('%.0f', x) end
 
 -- Expiry is garbage collection only (logic uses the instants passed in), so never in the server's past.
+-- The server's clock, read once per script run (a script runs atomically: it does not move meanwhile).
+local server_now = nil
 local function expire_at(k, exp)
-  local t = tonumber(redis.call('TIME')[1])
-  redis.call('EXPIREAT', k, math.ceil(math.max(exp, t + 60)))
+  if server_now == nil then server_now = tonumber(redis.call('TIME')[1]) end
+  redis.call('EXPIREAT', k, math.ceil(math.max(exp, server_now + 60)))
 end
 
 local function hget6(k)
@@ -156,8 +158,9 @@ local function rate_take(key, caps, needs, levels, now)
 end
 """
 
-# ARGV: prefix, now, id, reservation ttl, payload {refs, amt}[, rate key id, rpm (-1 none), tpm (-1 none),
-# tokens]: with a rate key the rate limit is checked first and taken only when the budgets admit too.
+# ARGV: prefix, now, id, reservation ttl, payload {refs, amt}, rate key id ('' none), rpm (-1 none), tpm (-1 none),
+# tokens, register ('0': the caller registered these limits within the last minute): with a rate key the rate
+# limit is checked first and taken only when the budgets admit too.
 # -> {1, exp} | {2} settled | {0, ref, unit, current, reset} | {3, unit, level} rate refused
 RESERVE = PRELUDE + RATE_FUNCS + r"""
 local now = tonumber(ARGV[2])
@@ -169,6 +172,7 @@ local held = redis.call('HGET', rk, 'exp')
 if held then return {1, held} end
 if redis.call('EXISTS', P .. 'd:' .. id) == 1 then return {2} end
 local rkey = ARGV[6]
+if rkey == '' then rkey = nil end
 local rcaps, rneeds, rlevels
 if rkey then
   rcaps = {tonumber(ARGV[7]), tonumber(ARGV[8])}
@@ -191,9 +195,10 @@ for i, ref in ipairs(p.refs) do
   end
 end
 if rkey then rate_take(rkey, rcaps, rneeds, rlevels, now) end
+local again = ARGV[10] ~= '0'  -- the caller registered these limits recently: skip rewriting the registry
 for _, ref in ipairs(p.refs) do
   apply(ref, {0, 0, 0, a[1], a[2], a[3]}, now)
-  register(ref, now)
+  if again then register(ref, now) end
 end
 local exp = string.format('%.6f', now + ttl)
 redis.call('HSET', rk, 'body', ARGV[5], 'exp', exp)
