@@ -35,7 +35,9 @@ FIXED = json.dumps({"text": "one two three four five", "usage": {"input_tokens":
 def config(store: str, key_a: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "auth": {"admin_key": ADMIN},
-        "budgets": {"store": store, "pricing": {MODEL: PRICE}},
+        # These tests are about what the budgets decide; a machine busy with other work must not turn a slow
+        # store answer into a 503 (the store-error tests below set their own timeout).
+        "budgets": {"store": store, "pricing": {MODEL: PRICE}, "store_timeout": 5.0},
         "keys": [
             {"id": "agent-a", "key_sha256": key_hash(KEY_A), "team": "t1", **(key_a or {})},
             {"id": "agent-b", "key_sha256": key_hash(KEY_B), "team": "t1"},
