@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from otelgate.app import PIPELINE_KEY, create_app, make_telemetry, runner_for
-from otelgate.config import Settings
+from otelgate.config import Settings, merge_into
 
 
 def settings_for(config: dict[str, Any] | Settings | None = None, sim: Any = None, **overrides: Any) -> Settings:
@@ -34,17 +34,9 @@ def settings_for(config: dict[str, Any] | Settings | None = None, sim: Any = Non
             "anthropic": {"base_url": sim.url, "retry": {"base_delay": 0.01, "max_delay": 0.05}},
             "openai": {"base_url": sim.openai_base_url, "retry": {"base_delay": 0.01, "max_delay": 0.05}},
         }
-    _merge(data, config or {})
-    _merge(data, overrides)
+    merge_into(data, config or {})
+    merge_into(data, overrides)
     return Settings(**data)
-
-
-def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
-        else:
-            into[key] = value
 
 
 @dataclass

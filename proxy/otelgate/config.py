@@ -376,6 +376,17 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Settings:
         raise ConfigError(_format_error(exc, source)) from None
 
 
+def merge_into(into: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge config data ``extra`` into ``into`` (nested sections merge, other values replace); returns
+    ``into``. For building configurations in code: tests, the pytest plugin, eval gateways."""
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            merge_into(into[key], value)
+        else:
+            into[key] = value
+    return into
+
+
 def key_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from otelgate.config import merge_into
 from otelgate.totals import CallTotals
 
 if TYPE_CHECKING:
@@ -146,7 +147,7 @@ class LLMHarness:
             "budgets": {"store": f"sqlite:///{self._store_dir}/otelgate-{next(self._counter)}.db"},
             "telemetry": {"log_requests": False},
         }
-        _merge(data, config or {})
+        merge_into(data, config or {})
         return _settings_class()(**data)
 
     def llm(
@@ -201,14 +202,6 @@ def _settings_class() -> Any:
             return (init_settings,)
 
     return TestSettings
-
-
-def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
-        else:
-            into[key] = value
 
 
 @pytest.fixture
