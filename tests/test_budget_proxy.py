@@ -16,7 +16,7 @@ import aiohttp
 import anthropic
 import pytest
 
-from otelgate.config import key_hash
+from otelgate.config import key_hash, merge_into
 from otelgate.sim import SimUpstream
 from proxyutil import Gateway, gateway
 from redisutil import RedisServer, redis_factory_fixture, redis_fixture
@@ -44,12 +44,7 @@ def config(store: str, key_a: dict[str, Any] | None = None, **extra: Any) -> dic
         ],
         "teams": [{"id": "t1"}],
     }
-    for name, value in extra.items():
-        if isinstance(value, dict) and isinstance(cfg.get(name), dict):
-            cfg[name].update(value)
-        else:
-            cfg[name] = value
-    return cfg
+    return merge_into(cfg, extra)
 
 
 _OPEN: list[anthropic.AsyncAnthropic] = []

@@ -24,12 +24,12 @@ import openai
 import pytest
 from aiohttp import web
 
-from otelgate.app import create_app, runner_for
+from otelgate.config import merge_into
 from otelgate.context import RequestContext
 from otelgate.health import STATE_KEY
 from otelgate.sim import SimUpstream
 from otelgate.upstream import Upstream, retry_after_seconds
-from proxyutil import settings_for
+from proxyutil import gateway as shared_gateway
 
 MODEL = "claude-primary-test"
 USER = [{"role": "user", "content": "What is the capital of France?"}]
@@ -78,13 +78,8 @@ class Gw:
 
 
 def upstream_config(**extra: Any) -> dict[str, Any]:
-    config: dict[str, Any] = {"timeouts": dict(TIMEOUTS), "retry": dict(RETRY), "circuit": dict(QUIET_CIRCUIT)}
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(config.get(key), dict):
-            config[key].update(value)
-        else:
-            config[key] = value
-    return config
+    base: dict[str, Any] = {"timeouts": dict(TIMEOUTS), "retry": dict(RETRY), "circuit": dict(QUIET_CIRCUIT)}
+    return merge_into(base, extra)
 
 
 @contextlib.asynccontextmanager
@@ -93,18 +88,10 @@ async def gateway(sim: SimUpstream, **upstream: Any) -> AsyncIterator[Gw]:
     only_anthropic, only_openai = upstream.pop("anthropic", {}), upstream.pop("openai", {})
     anthropic_cfg = upstream_config(**{**upstream, **only_anthropic})
     openai_cfg = upstream_config(**{**upstream, **only_openai})
-    settings = settings_for({"upstreams": {"anthropic": anthropic_cfg, "openai": openai_cfg}}, sim)
     recorder = Recorder()
-    app = create_app(settings, telemetry=None, extra_filters=[recorder])
-    runner = runner_for(app, settings)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield Gw(f"http://127.0.0.1:{port}", app, recorder)
-    finally:
-        await runner.cleanup()
+    config = {"upstreams": {"anthropic": anthropic_cfg, "openai": openai_cfg}}
+    async with shared_gateway(config, sim, telemetry=None, extra_filters=[recorder]) as gw:
+        yield Gw(gw.url, gw.app, recorder)
 
 
 @pytest.fixture
