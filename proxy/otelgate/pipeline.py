@@ -25,7 +25,15 @@ from otelgate.config import Settings
 from otelgate.context import Filter, RequestContext
 from otelgate.errors import GatewayError
 from otelgate.providers import PROVIDERS, Provider, Route
-from otelgate.relay import HOP_BY_HOP, DecodedTooLarge, Decoder, decode_json, relay_stream, response_headers
+from otelgate.relay import (
+    HOP_BY_HOP,
+    DecodedTooLarge,
+    Decoder,
+    decode_json,
+    encode_json,
+    relay_stream,
+    response_headers,
+)
 from otelgate.upstream import Upstream
 
 log = logging.getLogger("otelgate.pipeline")
@@ -226,7 +234,7 @@ class Pipeline:
         upstream = self.upstreams[ctx.provider.name]
         body = ctx.body
         if ctx.body_modified and ctx.json is not None:
-            body = json.dumps(ctx.json, ensure_ascii=False, separators=(",", ":")).encode()
+            body = encode_json(ctx.json)
         path = ctx.route.upstream_path
         if ctx.request.query_string:
             path += "?" + ctx.request.query_string

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import json
 import logging
 import math
 import random
@@ -33,7 +32,7 @@ from otelgate.breaker import BreakerKey, BreakerRegistry, State, Transition
 from otelgate.context import Attempt, RequestContext
 from otelgate.errors import GatewayError
 from otelgate.overload import InflightLimiter
-from otelgate.relay import decode_json
+from otelgate.relay import decode_json, encode_json
 
 if TYPE_CHECKING:
     from otelgate.config import UpstreamConfig
@@ -415,7 +414,7 @@ class Upstream:
         # back to the original one for a url: fallback after a model fallback).
         ctx.json["model"] = target.model
         ctx.body_modified = True
-        return json.dumps(ctx.json, ensure_ascii=False, separators=(",", ":")).encode()
+        return encode_json(ctx.json)
 
     # --- breakers ---
 
