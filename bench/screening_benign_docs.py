@@ -1,6 +1,7 @@
 """False positives of injection screening on ordinary documents an agent reads as tool results.
 
-    python bench/screening_benign_docs.py [--size 2500] [--show 3] [--no-model]
+    python bench/screening_benign_docs.py [--size 2500] [--show 3] [--no-model] [--set tune|heldout]
+    python bench/screening_benign_docs.py --size 0      # whole files, as a coding agent reads them
 
 The labelled sets (docs/screening.md) are mostly short prompts; what a coding agent sends through the gateway is
 mostly long tool results: source files, READMEs, changelogs, package metadata, licences. This scans such text
@@ -20,6 +21,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from otelgate.screening import Screener
+
+# A coding agent reads whole files: Claude Code's Read tool returns up to 2 000 lines (about this many characters of
+# ordinary source); --size 0 scans each file whole up to here.
+WHOLE_FILE_CHARS = 256 * 1024
 
 
 def chunks(text: str, size: int, most: int) -> Iterator[str]:
@@ -67,8 +72,13 @@ def corpora(size: int, which: str = "tune") -> dict[str, list[str]]:
         texts: list[str] = []
         per_file = 400 if len(paths) == 1 else 3
         for path in paths[:400]:
-            if path.is_file():
-                texts += [c for c in chunks(read(path), size, per_file) if c.strip()]
+            if not path.is_file():
+                continue
+            if size == 0 and len(paths) > 1:  # whole files, as an agent's file-reading tool returns them
+                text = read(path)[:WHOLE_FILE_CHARS]
+                texts += [text] if text.strip() else []
+            else:
+                texts += [c for c in chunks(read(path), size or 2500, per_file) if c.strip()]
         if texts:
             out[name] = texts
     return out
@@ -76,7 +86,9 @@ def corpora(size: int, which: str = "tune") -> dict[str, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--size", type=int, default=2500, help="characters per chunk (a tool result)")
+    ap.add_argument("--size", type=int, default=2500,
+                    help="characters per chunk (a tool result); 0: whole files (up to 256 KiB), as a coding "
+                    "agent's file-reading tool returns them")
     ap.add_argument("--show", type=int, default=3, help="flagged chunks to print per source")
     ap.add_argument("--no-model", action="store_true", help="rules only")
     ap.add_argument("--set", choices=("tune", "heldout"), default="tune", dest="which",

@@ -27,6 +27,12 @@ MODEL_RULE_ID = "model:injection"
 # topic mention (0.2: 0.48), which documents are full of. Chosen on bench/screening_benign_docs.py --set tune and
 # the dev-tune rows (docs/screening.md, "Long texts").
 LONG_TEXT_MODEL_SHARE = 0.7
+# Evidence below the threshold combines only within this many words. An injection is a local thing, a paragraph
+# planted in a page or a file; a 2 000-line source file read by an agent holds a "new task" here, a "debug mode"
+# there and the classifier's most suspicious window somewhere else, and flagging their sum blocked one file in
+# thirty (bench/screening_benign_docs.py --size 0). A longer text flagged only by combined weak evidence is
+# flagged only if some stretch of LOCAL_WORDS words (overlapping by half) is flagged on its own.
+LOCAL_WORDS = 96
 # A longer text is scanned as its first and last MAX_SCAN_CHARS / 2 characters (instructions to a model sit
 # near the start or the end of what it reads); the middle is not scanned and the verdict says so with the
 # zero-weight rule LIMIT_RULE_ID. Flagging every long text instead would block ordinary large documents
@@ -501,6 +507,20 @@ class _FoldedStarts:
         return False
 
 
+_WORD_START_RE = re.compile(r"(?:^|(?<=\s))\S")
+
+
+def _stretches(text: str) -> list[str] | None:
+    """The text as overlapping stretches of LOCAL_WORDS words (each starting half a stretch after the one before,
+    the last one ending at the text's end), or None when it is no longer than one stretch."""
+    starts = [m.start() for m in _WORD_START_RE.finditer(text)]
+    if len(starts) <= LOCAL_WORDS:
+        return None
+    step = LOCAL_WORDS // 2
+    firsts = [*range(0, len(starts) - LOCAL_WORDS, step), len(starts) - LOCAL_WORDS]
+    return [text[starts[i]:starts[i + LOCAL_WORDS] if i + LOCAL_WORDS < len(starts) else len(text)] for i in firsts]
+
+
 def _trie_regex(items: Iterable[str]) -> str:
     """A regex matching the longest of ``items`` that the text at the current position starts with: a trie, so
     at each step at most one branch can go on (they start with different characters), and the greedy ``?``
@@ -690,13 +710,13 @@ class Screener:
                     break
         return hits
 
-    def _evidence(self, text: str) -> tuple[dict[str, tuple[float, str]], float]:
-        """Rule id -> (weight, category) for every piece of evidence, and the model's contribution."""
+    def _evidence(self, text: str, *, long: bool = False) -> tuple[dict[str, tuple[float, str]], float]:
+        """Rule id -> (weight, category) for every piece of evidence, and the model's contribution. ``long``: the
+        text is a stretch of a longer one (the long-text cap on the classifier applies whatever its length)."""
         evidence: dict[str, tuple[float, str]] = {}
         if len(text) > self.max_scan_chars:
             evidence[LIMIT_RULE_ID] = (0.0, "oversize")
-            half = self.max_scan_chars // 2
-            text = text[:half] + "\n" + text[-half:]
+            text = self._scanned(text)
         norm = normalize(text)
         tokens = norm.tokens if norm.tokens is not None else norm.words.split(" ") if norm.words else []
         distinct = set(tokens)
@@ -721,7 +741,7 @@ class Screener:
             p = self.model.score(tokens, distinct)
             floor = self.model.floor
             model_part = self.model.scale * max(0.0, p - floor) / (1.0 - floor)
-            if len(tokens) > WINDOW_WORDS:
+            if long or len(tokens) > WINDOW_WORDS:
                 # Longer than one window (a document, a tool result): the classifier, trained mostly on prompts,
                 # may tip rule evidence over the threshold but not flag alone. Alone it flagged 15-30 % of
                 # ordinary source files, READMEs and package metadata (bench/screening_benign_docs.py): the most
@@ -733,6 +753,32 @@ class Screener:
 
     def scan(self, text: str) -> Verdict:
         evidence, _ = self._evidence(text)
+        verdict = self._verdict(evidence)
+        if verdict.flagged and max(w for w, _c in evidence.values()) < self.threshold:
+            stretches = _stretches(self._scanned(text))
+            if stretches is not None:
+                # Only combined weak evidence flagged this long text: it counts if it sits together somewhere.
+                best = Verdict(False, 0.0, (), ())
+                for stretch in stretches:
+                    local = self._verdict(self._evidence(stretch, long=True)[0])
+                    if local.flagged:
+                        best = local
+                        break
+                    if local.score > best.score:
+                        best = local
+                if LIMIT_RULE_ID in evidence and LIMIT_RULE_ID not in best.rules:
+                    best = Verdict(best.flagged, best.score, (*best.rules, LIMIT_RULE_ID), best.categories)
+                return best
+        return verdict
+
+    def _scanned(self, text: str) -> str:
+        """What is scanned of a text: all of it, or its first and last max_scan_chars / 2 characters."""
+        if len(text) <= self.max_scan_chars:
+            return text
+        half = self.max_scan_chars // 2
+        return text[:half] + "\n" + text[-half:]
+
+    def _verdict(self, evidence: dict[str, tuple[float, str]]) -> Verdict:
         if not evidence:
             return Verdict(False, 0.0, (), ())
         miss = 1.0
