@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 import json
 
 import aiohttp
@@ -196,4 +197,28 @@ async def test_gzip_bomb_stops_at_the_body_limit(sim):
             g.url + "/v1/messages", data=bomb, headers={**ANTHROPIC_HEADERS, **JSON, "content-encoding": "gzip"}
         )
     assert status == 413 and "decoded request body exceeds" in anthropic_error(data)[1]
+    assert not sim.requests
+
+
+async def test_a_missing_upstream_key_fails_once_and_says_why(sim):
+    # Virtual keys with no provider key configured is the operator's mistake, not an outage: the SDK must not
+    # retry it (a 503 kept Claude Code retrying for three minutes), and the answer names the setting to fix.
+    config = {"auth": {"mode": "virtual_keys"},
+              "keys": [{"id": "agent", "key_sha256": hashlib.sha256(b"sk-virtual-agent-1").hexdigest()}]}
+    arrived: list[str] = []
+
+    class CountArrivals:  # an observer runs first, on every request the gateway receives
+        name = "count"
+        observer = True
+
+        async def request(self, ctx) -> None:
+            arrived.append(ctx.request.path)
+
+    async with gateway(config, sim, extra_filters=[CountArrivals()]) as gw:
+        client = anthropic.AsyncAnthropic(base_url=gw.url, api_key="sk-virtual-agent-1", max_retries=3)
+        with pytest.raises(anthropic.InternalServerError) as caught:
+            await client.messages.create(model="m", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
+    assert arrived == ["/v1/messages"], "the SDK retried a configuration error"
+    assert "upstreams.anthropic.api_key" in caught.value.message
+    assert caught.value.response.headers["x-should-retry"] == "false"
     assert not sim.requests

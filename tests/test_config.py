@@ -84,6 +84,18 @@ def test_check_config_prints_the_effective_config_masked(tmp_path):
     assert "adm-very-secret" not in done.stdout + done.stderr and "sk-ant-xyz" not in done.stdout + done.stderr
 
 
+def test_check_config_warns_of_virtual_keys_without_a_provider_key(tmp_path):
+    # Valid, but every request to that provider would be refused: say so before the first agent finds out.
+    path = write(tmp_path, "auth: {mode: virtual_keys}\nkeys: [{id: a, key_sha256: '" + "0" * 64 + "'}]\n"
+                 "upstreams: {anthropic: {api_key: sk-ant-xyz}}\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "otelgate", "check-config", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "warning: auth.mode is virtual_keys but upstreams.openai.api_key is not set" in done.stderr
+    assert "upstreams.anthropic.api_key is not set" not in done.stderr
+
+
 def test_check_config_rejects_a_bad_file_with_exit_2(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "otelgate", "check-config", str(write(tmp_path, "server: {prot: 1}\n"))],

@@ -50,6 +50,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     settings = load_config(args.file)
     print(json.dumps(masked_dump(settings), indent=2))
+    for warning in settings.warnings():
+        print(f"warning: {warning}", file=sys.stderr)
     print("configuration OK", file=sys.stderr)
     return 0
 

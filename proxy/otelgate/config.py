@@ -309,6 +309,16 @@ class Settings(BaseSettings):
     def team(self, team_id: str | None) -> TeamConfig | None:
         return next((team for team in self.teams if team.id == team_id), None)
 
+    def warnings(self) -> list[str]:
+        """Settings that are valid but will fail requests: shown by check-config and logged at start."""
+        out = []
+        if self.auth.mode == "virtual_keys":
+            for name in ("anthropic", "openai"):
+                if getattr(self.upstreams, name).api_key is None:
+                    out.append(f"auth.mode is virtual_keys but upstreams.{name}.api_key is not set: every {name} "
+                               f"request will be refused (500)")
+        return out
+
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 

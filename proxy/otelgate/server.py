@@ -106,6 +106,8 @@ async def serve_forever(
             loop.add_signal_handler(signum, signals.put_nowait, signum)
     address = _address(site)
     log.info("otelgate listening on %s (pid %d)", address, os.getpid())
+    for warning in settings.warnings():
+        log.warning("%s", warning)
     if ready is not None:
         ready(address)
 

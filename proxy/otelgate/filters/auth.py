@@ -55,10 +55,14 @@ class AuthFilter:
                 raise GatewayError("authentication", "invalid API key for this gateway", reason="auth")
             upstream_key = getattr(settings.upstreams, ctx.provider.name).api_key
             if upstream_key is None:
+                # A configuration error, not an outage: a 503 made every SDK retry it (Claude Code for three
+                # minutes). A 500 that says not to retry ends the call at once, with the fix in the message.
                 raise GatewayError(
-                    "unavailable",
+                    "api_error",
                     f"no {ctx.provider.name} API key is configured (upstreams.{ctx.provider.name}.api_key)",
+                    status=500,
                     reason="config",
+                    headers={"x-should-retry": "false"},
                 )
             # Same header style the agent used: never add the other one.
             value = upstream_key.get_secret_value()
