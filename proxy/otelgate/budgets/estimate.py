@@ -54,7 +54,11 @@ class _Tally:
             self.text(obj)
         elif isinstance(obj, dict):
             kind = obj.get("type")
-            if kind in _IMAGE_TYPES or (kind is None and "image_url" in obj and len(obj) <= 2):
+            # `type` is any JSON value here: in a tool's input_schema it is often a property named "type"
+            # whose value is a schema object (a dict: unhashable, so never tested against the set).
+            if (isinstance(kind, str) and kind in _IMAGE_TYPES) or (
+                kind is None and "image_url" in obj and len(obj) <= 2
+            ):
                 self.fixed += _image_cost(obj)
                 return
             for k, v in obj.items():

@@ -77,6 +77,10 @@ _MODEL_ROLES = frozenset({"assistant"})
 _MODEL_ITEM_TYPES = frozenset({"function_call", "reasoning", "web_search_call", "file_search_call", "computer_call"})
 
 
+def _named(value: Any, names: frozenset[str]) -> bool:
+    return isinstance(value, str) and value in names
+
+
 def new_part(body: dict[str, Any]) -> dict[str, Any]:
     """A shallow view of ``body`` holding only this turn's new conversation items (and the top-level system
     fields). Its items are the body's own dicts, so a TextRef found in it rewrites the real body."""
@@ -86,8 +90,9 @@ def new_part(body: dict[str, Any]) -> dict[str, Any]:
         if isinstance(items, list):
             start = 0
             for index, item in enumerate(items):
+                # role / type may be any JSON value in a body: only a string can name a model turn.
                 if isinstance(item, dict) and (
-                    item.get("role") in _MODEL_ROLES or item.get("type") in _MODEL_ITEM_TYPES
+                    _named(item.get("role"), _MODEL_ROLES) or _named(item.get("type"), _MODEL_ITEM_TYPES)
                 ):
                     start = index + 1
             tail = items[start:]

@@ -181,6 +181,9 @@ def _parse_response_object(response: dict[str, Any], result: Result) -> None:
                 result.tool_calls.append(ToolCall(id=item.get("call_id", ""), name=item.get("name", "")))
 
 
+# Where a message's text sits, by its role (screening locations).
+_ROLE_LOCATIONS = {"user": "user", "tool": "tool_result", "system": "system", "developer": "system"}
+
 class OpenAIProvider(Provider):
     name = "openai"
     auth_headers = ("authorization",)
@@ -272,9 +275,7 @@ class OpenAIProvider(Provider):
                 if "tool_result" in locations and isinstance(item.get("output"), str):
                     yield TextRef("tool_result", item, "output", item.get("call_id"))
                 continue
-            location = {"user": "user", "tool": "tool_result", "system": "system", "developer": "system"}.get(
-                role or ""
-            )
+            location = _ROLE_LOCATIONS.get(role) if isinstance(role, str) else None
             if location is None or location not in locations:
                 continue
             call_id = item.get("tool_call_id")
@@ -288,8 +289,9 @@ class OpenAIProvider(Provider):
                             yield TextRef(location, part, "text", call_id)  # type: ignore[arg-type]
 
     def tool_names(self, body: dict[str, Any]) -> list[str]:
-        names = []
-        for tool in body.get("tools") or []:
+        names: list[str] = []
+        tools = body.get("tools")
+        for tool in tools if isinstance(tools, list) else []:
             if not isinstance(tool, dict):
                 continue
             function = tool.get("function")
@@ -309,7 +311,7 @@ class OpenAIProvider(Provider):
                 continue
             function = tool.get("function")
             name = function.get("name") if isinstance(function, dict) else tool.get("name")
-            if name not in names:
+            if not (isinstance(name, str) and name in names):
                 kept.append(tool)
         body["tools"] = kept
         if not kept:
@@ -321,7 +323,8 @@ class OpenAIProvider(Provider):
             # Chat {"type": "function", "function": {"name": X}}, Responses {"type": "function", "name": X}:
             # a choice forcing a removed tool goes back to auto.
             function = choice.get("function")
-            if (function.get("name") if isinstance(function, dict) else choice.get("name")) in names:
+            forced = function.get("name") if isinstance(function, dict) else choice.get("name")
+            if isinstance(forced, str) and forced in names:
                 del body["tool_choice"]
 
     def parse_response(self, body: dict[str, Any], route: Route, result: Result) -> None:

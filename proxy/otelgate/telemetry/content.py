@@ -69,8 +69,10 @@ def _anthropic_part(block: Any) -> dict[str, Any] | None:
 def _openai_parts(content: Any) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"type": "text", "content": content}]
-    parts = []
-    for item in content or []:
+    parts: list[dict[str, Any]] = []
+    if not isinstance(content, list):
+        return parts
+    for item in content:
         if isinstance(item, dict) and item.get("type") in ("text", "input_text", "output_text"):
             parts.append({"type": "text", "content": item.get("text", "")})
         elif isinstance(item, dict):
@@ -102,8 +104,12 @@ def _openai_item(item: dict[str, Any], system: list[dict[str, Any]]) -> dict[str
             "parts": [{"type": "tool_call_response", "id": item.get("tool_call_id"), "response": item.get("content")}],
         }
     parts = _openai_parts(item.get("content"))
-    for call in item.get("tool_calls") or []:
-        function = call.get("function") or {}
+    calls = item.get("tool_calls")
+    for call in calls if isinstance(calls, list) else []:
+        if not isinstance(call, dict):
+            continue
+        function = call.get("function")
+        function = function if isinstance(function, dict) else {}
         parts.append(
             {
                 "type": "tool_call",
@@ -125,7 +131,8 @@ def request_messages(body: dict[str, Any], provider: str) -> tuple[list[dict[str
             system.append({"type": "text", "content": raw_system})
         elif isinstance(raw_system, list):
             system += [p for p in (_anthropic_part(b) for b in raw_system) if p]
-        for item in body.get("messages") or []:
+        items = body.get("messages")
+        for item in items if isinstance(items, list) else []:
             if isinstance(item, dict):
                 content = item.get("content")
                 blocks = content if isinstance(content, list) else [content] if content is not None else []
@@ -139,7 +146,7 @@ def request_messages(body: dict[str, Any], provider: str) -> tuple[list[dict[str
         items = body.get("input")
         if isinstance(items, str):
             items = [{"role": "user", "content": items}]
-    for item in items or []:
+    for item in items if isinstance(items, list) else []:
         if isinstance(item, dict) and (message := _openai_item(item, system)) is not None:
             messages.append(message)
     return messages, system
