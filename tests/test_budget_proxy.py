@@ -140,6 +140,28 @@ async def test_a_derived_session_belongs_to_its_key(sim: SimUpstream, tmp_path: 
         assert len(sim.requests) == 4
 
 
+async def test_claude_code_runs_are_sessions_by_their_own_session_id(sim: SimUpstream, tmp_path: Path) -> None:
+    """Claude Code sends metadata.user_id with a device id shared by every run on the machine and a session id
+    per run (JSON now, "user_<hash>_account__session_<uuid>" before): the run is the session, not the device."""
+    cfg = config(sqlite_url(tmp_path), {"limits": {"session": {"max_calls": 2}}})
+    device = "e88f8461b26216c3f4f3db96c58c21ca03d36936fa7efac247a33e2cdec76560"
+    runs = ["0b5e2c4e-6f0e-4d1e-9d59-6d1a2f0c9a11", "7c1d0a7e-2b4f-4a43-8f0c-1f7e9b3d5c22"]
+    user_ids = [json.dumps({"device_id": device, "account_uuid": "", "session_id": runs[0]}),
+                f"user_{device}_account__session_{runs[1]}"]
+    async with gateway(cfg, sim, telemetry=None) as gw:
+        c = client(gw)
+        for user_id, run in zip(user_ids, runs, strict=True):
+            for _ in range(2):
+                await c.messages.create(model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "hi"}],
+                                        metadata={"user_id": user_id})
+            with pytest.raises(anthropic.RateLimitError) as err:
+                await c.messages.create(model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "hi"}],
+                                        metadata={"user_id": user_id})
+            assert f"session limit of 2 calls for session {run} reached" in msg(err.value)
+            assert device not in msg(err.value)
+        assert len(sim.requests) == 4  # the second run was not charged with the first one's calls
+
+
 async def test_session_token_limit(sim: SimUpstream, tmp_path: Path) -> None:
     cfg = config(sqlite_url(tmp_path), {"limits": {"session": {"max_tokens": 100}}})
     async with gateway(cfg, sim, telemetry=None) as gw:

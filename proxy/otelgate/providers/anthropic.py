@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -136,7 +137,7 @@ class AnthropicProvider(Provider):
         if isinstance(metadata, dict):
             user = metadata.get("user_id")
             if isinstance(user, str) and user:
-                return user
+                return _claude_code_session(user) or user
         return None
 
     def conversation_seed(self, body: dict[str, Any]) -> str | None:
@@ -259,3 +260,21 @@ def _tool_result_texts(block: dict[str, Any]) -> Iterator[TextRef]:
 def _is_one_of(value: Any, names: set[str]) -> bool:
     """`value in names` for any JSON value (a list or an object in a body is unhashable)."""
     return isinstance(value, str) and value in names
+
+
+# Claude Code puts its session into metadata.user_id, with a device id that is the same for every run on a machine:
+# as JSON ({"device_id": ..., "account_uuid": ..., "session_id": "<uuid>"}) in current versions, as
+# "user_<hash>_account_<uuid>_session_<uuid>" in older ones. The session alone is the agent run.
+_LEGACY_SESSION = re.compile(r"_session_([0-9a-fA-F-]{36})$")
+
+
+def _claude_code_session(user_id: str) -> str | None:
+    if user_id.startswith("{") and '"session_id"' in user_id:
+        try:
+            data = json.loads(user_id)
+        except ValueError:
+            return None
+        session = data.get("session_id") if isinstance(data, dict) else None
+        return session if isinstance(session, str) and session else None
+    match = _LEGACY_SESSION.search(user_id)
+    return match.group(1) if match else None
