@@ -41,3 +41,43 @@ def test_an_instruction_planted_in_a_long_source_file_is_still_caught(screener: 
     assert not screener.scan(source).flagged
     verdict = screener.scan(planted)
     assert verdict.flagged, verdict
+
+
+def as_read_tool_result(text: str) -> str:
+    """A file the way Claude Code's Read tool returns it: up to 2 000 lines, each numbered ("     1→...")."""
+    return "\n".join(f"{n:6}\u2192{line}" for n, line in enumerate(text.splitlines()[:2000], 1))
+
+
+def test_whole_source_files_read_by_a_coding_agent_are_not_flagged(screener: Screener) -> None:
+    # What Claude Code sends back after reading a file: the whole file, not a 2 500-character chunk. Weak evidence
+    # scattered over thousands of lines ("a new task" in one function, "debug mode" in another) used to add up and
+    # block one file in thirty; asyncio/base_events.py was the first file tried.
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = [root / "asyncio" / name for name in ("base_events.py", "tasks.py", "taskgroups.py")]
+    files += sorted(root.glob("email/*.py"))
+    texts = [as_read_tool_result(p.read_text(encoding="utf-8", errors="replace")) for p in files]
+    flagged = [p.name for p, text in zip(files, texts, strict=True) if text.strip() and screener.scan(text).flagged]
+    assert not flagged, flagged
+
+
+def test_weak_evidence_counts_only_where_it_sits_together(tmp_path: Path) -> None:
+    # Two mentions that flag together (0.3 and 0.3: score 0.51) flag a long text when they are in one paragraph,
+    # not when a thousand words of ordinary text lie between them.
+    pack = tmp_path / "pack.yaml"
+    pack.write_text(
+        "rules:\n"
+        "  - {id: t.alpha, category: instruction_override, weight: 0.3, languages: [en], keywords: [zorblax],\n"
+        "     patterns: ['\\bzorblax\\b']}\n"
+        "  - {id: t.beta, category: instruction_override, weight: 0.3, languages: [en], keywords: [quintor],\n"
+        "     patterns: ['\\bquintor\\b']}\n"
+    )
+    screener = Screener.from_packs([str(pack)], use_model=False)
+    filler = "the parser reads one line at a time and keeps the offsets of every token it returns. " * 70
+    together = filler + "Now zorblax the settings and quintor the rest. " + filler
+    apart = "Zorblax the settings. " + filler + "Quintor the rest. " + filler
+    short = "Zorblax the settings, then quintor the rest."
+    assert screener.scan(short).flagged
+    verdict = screener.scan(together)
+    assert verdict.flagged and set(verdict.rules) == {"t.alpha", "t.beta"}, verdict
+    verdict = screener.scan(apart)
+    assert not verdict.flagged and verdict.score < 0.5, verdict
