@@ -146,9 +146,39 @@ async def metric_lines(gw, name: str) -> list[str]:
         return [line for line in (await response.text()).splitlines() if line.startswith(name)]
 
 
-async def test_streamed_forbidden_call_is_flagged(sim, tmp_path):
-    sim.script([{"tool_call": {"name": "run_shell", "input": {"cmd": "ls"}}}] * 2)
+async def test_streamed_forbidden_call_is_refused_before_the_agent_sees_it(sim, tmp_path):
+    # Claude Code and Codex always stream: a forbidden call that reached them would run. The stream ends with an
+    # error event before the bytes naming the tool (and whatever arrived from the upstream in the same read).
+    step = {"text": "Let me run it.", "tool_calls": [{"name": "run_shell", "input": {"cmd": "rm -rf /"}}]}
+    sim.script([step, step])
     async with gateway(config(tmp_path), sim) as gw:
+        seen: list[str] = []
+        with pytest.raises(anthropic.APIStatusError) as refused:
+            async with aclient(gw).messages.stream(
+                model="claude-test", max_tokens=64, messages=QUESTION, tools=A_TOOLS
+            ) as stream:
+                async for event in stream:
+                    seen.append(event.type)
+                    assert not (event.type == "content_block_start" and event.content_block.type == "tool_use")
+        assert "tool 'run_shell', which is not permitted for key agent-a (not in allowed_tools)" in str(
+            refused.value)
+        stream = await oclient(gw).chat.completions.create(
+            model="gpt-test", messages=QUESTION, tools=O_TOOLS, stream=True
+        )
+        names: list[str] = []
+        with pytest.raises(openai.APIError) as refused_openai:
+            async for chunk in stream:
+                for call in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+                    names.append(call.function.name if call.function else "")
+        assert names == [] and "run_shell" in str(refused_openai.value)
+        lines = await metric_lines(gw, "otelgate_requests_rejected_total")
+    rejected = [line for line in lines if 'reason="tool_permission"' in line]
+    assert rejected and sum(float(line.rsplit(" ", 1)[1]) for line in rejected) == 2
+
+
+async def test_streamed_forbidden_call_is_flagged_when_the_policy_says_flag(sim, tmp_path):
+    sim.script([{"tool_call": {"name": "run_shell", "input": {"cmd": "ls"}}}] * 2)
+    async with gateway(config(tmp_path, on_forbidden_response="flag"), sim) as gw:
         async with aclient(gw).messages.stream(
             model="claude-test", max_tokens=64, messages=QUESTION, tools=A_TOOLS
         ) as stream:

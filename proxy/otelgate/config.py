@@ -176,7 +176,7 @@ class ToolPolicy(_Model):
     # remove: strip forbidden tools from the request's `tools` | refuse: 403
     on_forbidden_tool: Literal["remove", "refuse"] = "remove"
     # A complete (non-streaming) answer that still calls a forbidden tool: refuse: 403, nothing relayed | flag:
-    # relay it and record a verdict. Streamed answers are always flagged (their bytes are already on the way).
+    # relay it and record a verdict. A stream is refused by ending it, with an error event, where the call starts.
     on_forbidden_response: Literal["refuse", "flag"] = "refuse"
 
 

@@ -12,9 +12,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from aiohttp import web
 
     from otelgate.config import KeyConfig, Limits, TeamConfig
+    from otelgate.errors import GatewayError
     from otelgate.providers.base import Provider, Route
 
 Outcome = Literal["ok", "upstream_error", "rejected", "client_disconnected", "stream_error", "gateway_error"]
@@ -146,6 +149,10 @@ class RequestContext:
     state: dict[str, Any] = field(default_factory=dict)
     trace_headers: dict[str, str] = field(default_factory=dict)  # W3C context to send upstream, when enabled
     log_fields: dict[str, Any] = field(default_factory=dict)
+    # Set by a policy that must judge a streamed answer while it passes: called by the relay each time the
+    # stream's parser has seen a new tool call, before the bytes holding it are sent. A GatewayError ends the
+    # stream there with an error event; None lets it go on.
+    stream_guard: Callable[[RequestContext], GatewayError | None] | None = None
 
     def event(self, name: str, **attributes: Any) -> None:
         self.events.append(Event(name, attributes))

@@ -20,7 +20,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from otelgate.context import RequestContext
-from otelgate.errors import ErrorKind
+from otelgate.errors import ErrorKind, GatewayError
 from otelgate.health import STATE_KEY
 from otelgate.sse import SSEError
 
@@ -183,6 +183,10 @@ async def _relay(
     whole_events = decoder is not None and decoder.identity
     pending = b""
     agent_at_boundary = True
+    guard = ctx.stream_guard
+    calls = ctx.result.tool_calls
+    judged = 0  # tool calls the guard has seen
+    refused: GatewayError | None = None
     try:
         async with asyncio.timeout(None) as timer:
             while True:
@@ -194,6 +198,13 @@ async def _relay(
                     break
                 if decoder is not None:
                     parser.feed(decoder.decode(chunk))
+                    if guard is not None and len(calls) > judged:
+                        judged = len(calls)
+                        refused = guard(ctx)
+                        if refused is not None:
+                            # Nothing of this chunk reaches the agent: it holds the refused tool call.
+                            pending = b""
+                            break
                 if whole_events:
                     data = pending + chunk if pending else chunk
                     end = _events_end(data)
@@ -237,13 +248,19 @@ async def _relay(
     except BaseException:
         upstream.close()
         raise
-    if broken is None and decoder is not None and not parser.complete:
+    if refused is not None:
+        broken = StreamBroken(refused.kind, refused.message, refused.reason)
+    elif broken is None and decoder is not None and not parser.complete:
         broken = StreamBroken("api_error", "upstream stream ended before the response was complete", "stream_truncated")
     if broken is None and pending:
         await response.write(pending)  # trailing bytes after the last event of a complete stream
+    if refused is not None:
+        ctx.outcome = "rejected"
+        ctx.rejected_reason = refused.reason
     if broken is not None:
         upstream.close()
-        ctx.outcome = "stream_error"
+        if refused is None:
+            ctx.outcome = "stream_error"
         ctx.result.error_type = broken.reason
         ctx.result.error_message = broken.message
         # An empty line ends a half-sent event; between complete events it is not needed.

@@ -9,8 +9,12 @@ anything on the agent's side, so it must not pass a read-only policy by being un
 Request: forbidden tools are removed from ``tools`` (and a ``tool_choice`` forcing one is dropped), or the request
 is refused (403) when the policy says ``on_forbidden_tool: refuse``. Response: a complete answer that still calls a
 forbidden tool (the model may name a tool from the conversation's history) is refused before the agent sees any
-of it, or flagged (``on_forbidden_response: flag``); a streamed one is flagged in ``done``, its bytes being already
-on their way. Stricter wins when key and team disagree on refuse/remove or refuse/flag.
+of it, or flagged (``on_forbidden_response: flag``). A streamed one is refused as it passes: the relay asks
+``stream_guard`` whenever the stream has named a new tool call, and a forbidden one ends the stream with an error
+event before the bytes naming it are sent (events read from the upstream before those bytes have reached the
+agent; no tool call it may not use does). Agents that always stream (Claude Code, Codex) would otherwise run the
+tool. Flagged streams are flagged in ``done``. Stricter wins when key and team disagree on refuse/remove or
+refuse/flag.
 """
 
 from __future__ import annotations
@@ -77,6 +81,8 @@ class PermissionsFilter:
         policies = _policies(ctx)
         if not policies:
             return
+        if ctx.stream and self._refuses_answers(ctx):
+            ctx.stream_guard = self._judge_stream
         forbidden: dict[str, str] = {}
         for tool in ctx.provider.tool_names(ctx.json):
             why = self.why_forbidden(tool, policies)
@@ -102,24 +108,37 @@ class PermissionsFilter:
         found = self._forbidden_calls(ctx)
         if not found:
             return
-        if any(policy.on_forbidden_response == "refuse" for policy in _configured(ctx)):
-            tool, why = found[0]
-            for name, reason in found:
-                ctx.event("tool_permission.refused", tool=name[:_MAX_NAME], reason=reason)
-            raise GatewayError(
-                "permission",
-                f"the model called tool {tool[:_MAX_NAME]!r}, which is not permitted for key "
-                f"{ctx.principal.key_id if ctx.principal else '?'} ({why}); the answer was withheld",
-                reason="tool_permission",
-            )
+        if self._refuses_answers(ctx):
+            raise self._refusal(ctx, found, "the answer was withheld")
         self._flag(ctx, found)
 
+    def _judge_stream(self, ctx: RequestContext) -> GatewayError | None:
+        found = self._forbidden_calls(ctx)
+        return self._refusal(ctx, found, "the stream was ended before it") if found else None
+
     async def done(self, ctx: RequestContext) -> None:
-        # Streams only: a complete answer was judged in `response`.
-        if ctx.stream and ctx.status is not None and ctx.status < 400:
+        # Streams a policy lets through with a flag: a complete answer was judged in `response`, and a refused
+        # stream was judged while it passed.
+        if ctx.stream and ctx.stream_guard is None and ctx.status is not None and ctx.status < 400:
             found = self._forbidden_calls(ctx)
             if found:
                 self._flag(ctx, found)
+
+    @staticmethod
+    def _refuses_answers(ctx: RequestContext) -> bool:
+        return any(policy.on_forbidden_response == "refuse" for policy in _configured(ctx))
+
+    @staticmethod
+    def _refusal(ctx: RequestContext, found: list[tuple[str, str]], what: str) -> GatewayError:
+        tool, why = found[0]
+        for name, reason in found:
+            ctx.event("tool_permission.refused", tool=name[:_MAX_NAME], reason=reason)
+        return GatewayError(
+            "permission",
+            f"the model called tool {tool[:_MAX_NAME]!r}, which is not permitted for key "
+            f"{ctx.principal.key_id if ctx.principal else '?'} ({why}); {what}",
+            reason="tool_permission",
+        )
 
     def _forbidden_calls(self, ctx: RequestContext) -> list[tuple[str, str]]:
         if not ctx.result.tool_calls:
