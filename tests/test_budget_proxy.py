@@ -110,14 +110,14 @@ async def test_session_call_limit_stops_the_fourth_call(sim: SimUpstream, tmp_pa
         with pytest.raises(anthropic.RateLimitError) as err:
             await ask(c)
         assert err.value.status_code == 429
-        assert "session limit of 3 calls for session run-42 reached" in msg(err.value)
+        assert "session limit of 3 calls for session agent-a/run-42 reached" in msg(err.value)
         # Waiting will not help: the SDK is told not to retry, and there is no retry-after.
         assert err.value.response.headers.get("x-should-retry") == "false"
         assert "retry-after" not in err.value.response.headers
         assert len(sim.requests) == 3
         # Another session of the same key is not affected.
         await ask(client(gw, session="run-43"))
-        calls = row(await usage_rows(gw, scope="session", id="run-42"), "session", "run-42", "calls")
+        calls = row(await usage_rows(gw, scope="session", id="agent-a/run-42"), "session", "agent-a/run-42", "calls")
         assert (calls["spent"], calls["reserved"], calls["limit"]) == (3, 0, 3)
 
 
@@ -140,6 +140,25 @@ async def test_a_derived_session_belongs_to_its_key(sim: SimUpstream, tmp_path: 
         assert len(sim.requests) == 4
 
 
+async def test_two_keys_naming_their_runs_alike_have_separate_sessions(sim: SimUpstream, tmp_path: Path) -> None:
+    """Session names are the agent's choice ("main", "run-1"): a tenant that picks another's name must not spend
+    that tenant's session cap, or exhaust it on purpose."""
+    cfg = config(sqlite_url(tmp_path), {"limits": {"session": {"max_calls": 2}}})
+    cfg["keys"][1]["limits"] = {"session": {"max_calls": 2}}
+    async with gateway(cfg, sim, telemetry=None) as gw:
+        a, b = client(gw, KEY_A, session="main"), client(gw, KEY_B, session="main")
+        for _ in range(2):
+            await ask(b)
+        with pytest.raises(anthropic.RateLimitError):
+            await ask(b)
+        for _ in range(2):
+            await ask(a)  # agent-b used up *its* "main"; agent-a's is untouched
+        with pytest.raises(anthropic.RateLimitError) as err:
+            await ask(a)
+        assert "session limit of 2 calls for session agent-a/main reached" in msg(err.value)
+        assert len(sim.requests) == 4
+
+
 async def test_claude_code_runs_are_sessions_by_their_own_session_id(sim: SimUpstream, tmp_path: Path) -> None:
     """Claude Code sends metadata.user_id with a device id shared by every run on the machine and a session id
     per run (JSON now, "user_<hash>_account__session_<uuid>" before): the run is the session, not the device."""
@@ -157,7 +176,7 @@ async def test_claude_code_runs_are_sessions_by_their_own_session_id(sim: SimUps
             with pytest.raises(anthropic.RateLimitError) as err:
                 await c.messages.create(model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "hi"}],
                                         metadata={"user_id": user_id})
-            assert f"session limit of 2 calls for session {run} reached" in msg(err.value)
+            assert f"session limit of 2 calls for session agent-a/{run} reached" in msg(err.value)
             assert device not in msg(err.value)
         assert len(sim.requests) == 4  # the second run was not charged with the first one's calls
 
@@ -171,8 +190,8 @@ async def test_session_token_limit(sim: SimUpstream, tmp_path: Path) -> None:
             for _ in range(20):
                 await ask(c, max_tokens=30)
                 served += 1
-        assert "session limit of 100 tokens for session tok reached" in msg(err.value)
-        tokens = row(await usage_rows(gw, scope="session", id="tok"), "session", "tok", "tokens")
+        assert "session limit of 100 tokens for session agent-a/tok reached" in msg(err.value)
+        tokens = row(await usage_rows(gw, scope="session", id="agent-a/tok"), "session", "agent-a/tok", "tokens")
         assert tokens["spent"] == 15 * served  # each call settled its real 15 tokens, not the reservation
         assert tokens["spent"] <= 100 and tokens["reserved"] == 0
         assert served >= 3
@@ -277,8 +296,8 @@ async def test_agent_disconnect_settles_exactly_once(sim: SimUpstream, tmp_path:
             resp.close()  # the agent goes away mid-stream
 
         async def settled() -> list[dict[str, Any]] | None:
-            rows = await usage_rows(gw, scope="session", id="gone")
-            calls = row(rows, "session", "gone", "calls")
+            rows = await usage_rows(gw, scope="session", id="agent-a/gone")
+            calls = row(rows, "session", "agent-a/gone", "calls")
             return rows if calls["spent"] == 1 and calls["reserved"] == 0 else None
 
         rows = await poll(settled)

@@ -114,14 +114,21 @@ class LimitCache:
         return limits
 
 
+def session_scope_id(principal: Principal, session_id: str) -> str:
+    """The ledger id of a caller's session: "<key id>/<session id>"."""
+    return f"{principal.key_id}/{session_id}"
+
+
 def principal_limits(settings: Settings, principal: Principal, session_id: str | None,
                      cache: LimitCache | None = None) -> list[Limit]:
     out = list(cache.standing(principal)) if cache is not None else _standing_limits(settings, principal)
     caps = principal.limits.session
     if session_id and caps is not None and (caps.max_calls or caps.max_tokens or caps.max_usd):
         window = Window.session(settings.budgets.session_ttl_seconds)
-        out.append(Limit("session", session_id, window, usd=caps.max_usd, tokens=caps.max_tokens,
-                         calls=caps.max_calls))
+        # A session belongs to its caller: two keys that name a run alike ("main", "run-1") must not spend each
+        # other's session caps, which would let one tenant exhaust another's.
+        out.append(Limit("session", session_scope_id(principal, session_id), window, usd=caps.max_usd,
+                         tokens=caps.max_tokens, calls=caps.max_calls))
     return out
 
 
