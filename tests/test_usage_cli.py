@@ -75,3 +75,17 @@ def test_the_command(config_file: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "alpha" in done.stdout and "$10.00" in done.stdout
+
+
+def test_a_missing_store_file_is_not_created(tmp_path: Path) -> None:
+    # Run from the wrong directory, or before the gateway ever started: say so, show the configured limits, and
+    # leave no empty ledger file behind (one would look like "nothing spent" to the next reader).
+    path = tmp_path / "otelgate.yaml"
+    path.write_text(yaml.safe_dump({"keys": [{"id": "alpha", "key_sha256": key_hash(SECRET),
+                                              "budgets": [{"window": "day", "usd": 10.0}]}]}))
+    done = subprocess.run([sys.executable, "-m", "otelgate", "usage", "--config", str(path)],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "alpha" in done.stdout and "$10.00" in done.stdout
+    assert "no budget store at" in done.stderr and "otelgate.db" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["otelgate.yaml"]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
 from otelgate.admin import collect_usage, row_dict
-from otelgate.budgets import StoreUnavailable, UsageRow, open_ledger
+from otelgate.budgets import StoreUnavailable, UsageRow, open_ledger, sqlite_path
 from otelgate.config import Settings
 
 
@@ -34,14 +35,30 @@ def _table(rows: list[UsageRow]) -> str:
                      for line in lines)
 
 
+def _missing_sqlite_file(url: str) -> str | None:
+    """The path of a SQLite store file that does not exist yet, else None (Redis, in-memory, existing file)."""
+    path = sqlite_path(url)
+    if not path or path == ":memory:" or path.startswith("file:") or os.path.exists(path):
+        return None
+    return os.path.abspath(path)
+
+
 async def print_usage(settings: Settings, key: str | None = None, as_json: bool = False) -> int:
     """Print usage rows (a table, or JSON with ``as_json``). Exit code 0, 1 for an unknown key, 2 when the
     store cannot be read."""
     if key is not None and all(k.id != key for k in settings.keys) and not key.startswith("sha256:"):
         print(f"otelgate usage: no key {key!r} in the configuration", file=sys.stderr)
         return 1
+    store = settings.budgets.store
+    missing = _missing_sqlite_file(store)
+    if missing is not None:
+        # Opening it would create an empty ledger file wherever the command runs: a reader must not leave files
+        # behind. Show the configured limits with nothing spent, and say where it looked.
+        print(f"otelgate usage: no budget store at {missing} yet (budgets.store: {store}); nothing recorded "
+              "there. Run it with the gateway's --config, from the directory the gateway runs in.", file=sys.stderr)
+        store = "sqlite:///:memory:"
     try:
-        ledger = open_ledger(settings.budgets.store)
+        ledger = open_ledger(store)
     except (ValueError, OSError) as exc:
         print(f"otelgate usage: cannot open the budget store: {exc}", file=sys.stderr)
         return 2

@@ -28,6 +28,14 @@ from .sqlite import SqliteLedger
 from .windows import Window
 
 
+def sqlite_path(url: str) -> str | None:
+    """The file path of a ``sqlite:///`` store URL ("" for an in-memory one), None for other stores."""
+    if not url.startswith("sqlite:"):
+        return None
+    path = url.split("://", 1)[1].split("?", 1)[0]
+    return path[1:] if path.startswith("/") else path  # sqlite:///x.db -> x.db, sqlite:////a -> /a
+
+
 def open_ledger(url: str = "sqlite:///./otelgate.db", **kw: Any) -> Ledger:
     """A ledger from a store URL: ``sqlite:///relative.db``, ``sqlite:////abs/path.db``,
     ``sqlite:///:memory:``, ``redis://host:port/db`` (or ``rediss://``). Query parameters
@@ -40,9 +48,7 @@ def open_ledger(url: str = "sqlite:///./otelgate.db", **kw: Any) -> Ledger:
             params[name] = float(params[name])
     params.update(kw)
     if parts.scheme == "sqlite":
-        path = url.split("://", 1)[1].split("?", 1)[0]
-        path = path[1:] if path.startswith("/") else path  # sqlite:///x.db -> x.db, sqlite:////a -> /a
-        return SqliteLedger(path or ":memory:", **params)
+        return SqliteLedger(sqlite_path(url) or ":memory:", **params)
     if parts.scheme in ("redis", "rediss", "unix"):
         from .redis import RedisLedger  # redis-py is an optional dependency
 
