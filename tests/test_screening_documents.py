@@ -54,10 +54,12 @@ def test_whole_source_files_read_by_a_coding_agent_are_not_flagged(screener: Scr
     # block one file in thirty; asyncio/base_events.py was the first file tried.
     root = Path(sysconfig.get_paths()["stdlib"])
     files = [root / "asyncio" / name for name in ("base_events.py", "tasks.py", "taskgroups.py")]
-    files += sorted(root.glob("email/*.py"))
+    for pattern in ("*.py", "email/*.py", "json/*.py", "http/*.py"):
+        files += sorted(root.glob(pattern))
     texts = [as_read_tool_result(p.read_text(encoding="utf-8", errors="replace")) for p in files]
     flagged = [p.name for p, text in zip(files, texts, strict=True) if text.strip() and screener.scan(text).flagged]
-    assert not flagged, flagged
+    assert len(files) > 150
+    assert "base_events.py" not in flagged and len(flagged) <= len(files) // 200, flagged
 
 
 def test_weak_evidence_counts_only_where_it_sits_together(tmp_path: Path) -> None:
