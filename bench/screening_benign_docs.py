@@ -45,8 +45,9 @@ def read(path: Path) -> str:
 
 
 def corpora(size: int, which: str = "tune") -> dict[str, list[str]]:
-    """`tune`: the sources the long-text policy and the rule fixes of this round were checked against;
-    `heldout`: other sources, kept apart to measure those choices once."""
+    """`tune`: the sources the long-text policy and the rule fixes were checked against; `heldout`: other sources,
+    kept apart to measure those choices once (then, read whole, used to diagnose whole-file false positives);
+    `fresh`: sources neither used, to measure that."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     site = Path(sysconfig.get_paths()["purelib"])
     docs = sorted(Path("/usr/share/doc").glob("*/README*")) + sorted(Path("/usr/share/doc").glob("*/changelog*"))
@@ -57,6 +58,17 @@ def corpora(size: int, which: str = "tune") -> dict[str, list[str]]:
             "site-packages docs (.md, .rst, .txt)": sorted(p for ext in ("md", "rst", "txt")
                                                            for p in site.glob(f"*/**/*.{ext}")),
             "/var/lib/dpkg/status": [Path("/var/lib/dpkg/status")],
+        }
+    elif which == "fresh":
+        # Added after the held-out set, read as whole files, had been used to diagnose false positives (session 3,
+        # docs/screening.md "Long texts"): sources neither set used, measured once.
+        sources = {
+            "Debian python3 packages (.py)": sorted(Path("/usr/lib/python3/dist-packages").glob("**/*.py"))[::4],
+            "Perl modules (.pm)": sorted(p for root in ("/usr/share/perl", "/usr/share/perl5")
+                                         for p in Path(root).glob("**/*.pm"))[::2],
+            "READMEs, changelogs (the rest of /usr/share/doc)": docs[800:1200],
+            "info manuals (/usr/share/info)": sorted(Path("/usr/share/info").glob("*.gz")),
+            "Node package docs (.md)": sorted(Path("/usr/lib/node_modules").glob("**/*.md")),
         }
     else:
         sources = {
@@ -91,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
                     "agent's file-reading tool returns them")
     ap.add_argument("--show", type=int, default=3, help="flagged chunks to print per source")
     ap.add_argument("--no-model", action="store_true", help="rules only")
-    ap.add_argument("--set", choices=("tune", "heldout"), default="tune", dest="which",
-                    help="tune: sources this round's choices were checked on; heldout: other sources")
+    ap.add_argument("--set", choices=("tune", "heldout", "fresh"), default="tune", dest="which",
+                    help="tune: sources the choices were checked on; heldout: other sources (since used to diagnose "
+                    "whole-file false positives); fresh: sources neither used")
     args = ap.parse_args(argv)
     screener = Screener.from_packs(["builtin"], use_model=not args.no_model)
     total = flagged_total = 0
