@@ -249,3 +249,52 @@ async def test_count_tokens_and_models_are_not_screened(sim, tmp_path):
         count = await aclient(gw).messages.count_tokens(model="claude-test", messages=anthropic_tool_turn(ATTACK))
     assert count.input_tokens > 0
     assert json.loads(sim.requests[-1].body)["messages"][2]["content"][0]["content"] == ATTACK
+
+
+def long_document(planted: str | None = None) -> str:
+    """A ~500-word page an agent read (a tool result), with an instruction planted in its middle if given."""
+    first = " ".join(f"Section {n}: the parser keeps the offsets of every token it returns, so errors can point "
+                     f"at the exact column." for n in range(1, 13))
+    second = " ".join(f"Step {n}: the writer flushes its buffer when it is full or when the stream closes, "
+                      f"whichever comes first." for n in range(1, 13))
+    return f"{first}\n\n{planted}\n\n{second}" if planted else f"{first}\n\n{second}"
+
+
+async def test_a_long_tool_result_loses_its_planted_instruction_and_the_agent_goes_on(sim, tmp_path):
+    # Block mode, a file or page the agent read: the planted instruction is cut out (recorded as redact), the rest
+    # of the text reaches the model, and the next turn's resent copy is cut the same way.
+    messages = anthropic_tool_turn(long_document(ATTACK))
+    async with gateway(config(tmp_path, mode="block"), sim) as gw:
+        client = aclient(gw)
+        reply = await client.messages.create(model="claude-test", max_tokens=64, messages=messages, tools=TOOLS)
+        messages += [{"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in reply.content]},
+                     {"role": "user", "content": "Thanks, and the next section?"}]
+        await client.messages.create(model="claude-test", max_tokens=64, messages=messages, tools=TOOLS)
+        async with aiohttp.ClientSession() as http, http.get(gw.url + "/metrics") as response:
+            metrics = await response.text()
+    assert len(sim.requests) == 2
+    for request in sim.requests:
+        raw = request.body.decode()
+        assert ATTACK_MARK not in raw and REDACTION in raw
+        assert "Section 1: the parser" in raw and "Step 12: the writer" in raw  # the rest of the page is there
+    detections = [line for line in metrics.splitlines()
+                  if line.startswith("otelgate_screening_detections_total") and 'action="redact"' in line]
+    # Recorded once, when it was new: one count per rule that fired, none for the resent copy.
+    assert detections and all(float(line.rsplit(" ", 1)[1]) == 1 for line in detections), detections
+    assert any('rule="override.ignore_previous"' in line for line in detections)
+
+
+async def test_long_tool_results_block_when_told_to(sim, tmp_path):
+    messages = anthropic_tool_turn(long_document(ATTACK))
+    async with gateway(config(tmp_path, mode="block", redact_long_tool_results=False), sim, telemetry=None) as gw:
+        with pytest.raises(anthropic.PermissionDeniedError):
+            await aclient(gw).messages.create(model="claude-test", max_tokens=64, messages=messages, tools=TOOLS)
+    assert not sim.requests
+
+
+async def test_a_short_tool_result_with_an_instruction_still_blocks(sim, tmp_path):
+    async with gateway(config(tmp_path, mode="block"), sim, telemetry=None) as gw:
+        with pytest.raises(anthropic.PermissionDeniedError):
+            await aclient(gw).messages.create(model="claude-test", max_tokens=64, tools=TOOLS,
+                                              messages=anthropic_tool_turn(ATTACK))
+    assert not sim.requests

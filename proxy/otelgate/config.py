@@ -244,6 +244,10 @@ class ScreeningConfig(_Model):
     secrets: Literal["block", "flag", "redact", "off"] = "redact"
     # new: only this turn's texts (after the last assistant turn) | all: the whole conversation every turn.
     scope: Literal["new", "all"] = "new"
+    # In block mode, a flagged tool result or document longer than 96 words (a file, a page the agent read) loses
+    # its flagged stretches (recorded as action "redact") instead of the whole request being refused: the
+    # planted instruction goes, the agent goes on. false: such texts block like any other.
+    redact_long_tool_results: bool = True
 
 
 class TelemetryConfig(_Model):

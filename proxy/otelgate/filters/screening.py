@@ -14,6 +14,12 @@ Redaction is the exception to ``new``: the agent keeps its own unredacted copy a
 redact mode (injection or secrets) older texts are redacted again, silently (their verdict was recorded when they
 were new). A bounded cache of verdicts by text hash keeps those rescans to a hash lookup.
 
+Long tool results in block mode (``screening.redact_long_tool_results``, on by default): a flagged tool result or
+document longer than one stretch of the engine (96 words: a file, a web page) is redacted — its flagged stretches
+replaced — rather than the request refused. A planted instruction is removed either way; refusing would stop the
+agent on every false positive in the files it reads, and the longer the text, the likelier one is. Older such
+texts are redacted again every turn, like redact mode's (the redacted text is cached by text hash too).
+
 Secrets are looked for in every location (user, tool results, system, documents), whatever ``scan`` says: a key
 pasted in a system prompt leaks just the same.
 """
@@ -28,6 +34,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from otelgate.errors import GatewayError
 from otelgate.screening import REDACTION, Screener, Verdict, find_secrets, redact_secrets
+from otelgate.screening.engine import LOCAL_WORDS
 
 if TYPE_CHECKING:
     from otelgate.config import Settings
@@ -35,6 +42,7 @@ if TYPE_CHECKING:
     from otelgate.providers.base import TextRef
 
 _ALL_LOCATIONS = frozenset({"user", "tool_result", "system", "documents"})
+_READ_LOCATIONS = frozenset({"tool_result", "documents"})  # what the agent read, not what someone wrote to it
 _CACHE_SIZE = 8192
 _T = TypeVar("_T")
 # The caches' key for a text. With hash randomisation (the default) Python's own str hash is SipHash under a
@@ -133,6 +141,8 @@ class ScreeningFilter:
         )
         self._cache: OrderedDict[int | bytes, Verdict] = OrderedDict()  # verdicts by text key
         self._secret_kinds: OrderedDict[int | bytes, tuple[str, ...]] = OrderedDict()  # secret kinds by text key
+        self._redacted: OrderedDict[int | bytes, str] = OrderedDict()  # redacted long texts by text key
+        self.redact_long = self.config.redact_long_tool_results
 
     def mode_for(self, ctx: RequestContext) -> str:
         principal = ctx.principal
@@ -164,7 +174,8 @@ class ScreeningFilter:
         wanted = inject_locations | secret_locations
         fresh = [] if whole else list(provider.texts(new_part(body), wanted))
         fresh_ids = {(id(ref.container), ref.key) for ref in fresh}
-        if whole or mode == "redact" or secrets == "redact":
+        redacts_read = mode == "block" and self.redact_long and bool(inject_locations & _READ_LOCATIONS)
+        if whole or mode == "redact" or secrets == "redact" or redacts_read:
             refs = list(provider.texts(body, wanted))
         else:
             refs = fresh
@@ -172,7 +183,8 @@ class ScreeningFilter:
         for ref in refs:
             is_new = whole or (id(ref.container), ref.key) in fresh_ids
             # An old text is only looked at again to redact it again (see the module docstring).
-            inject = ref.location in inject_locations and (is_new or mode == "redact")
+            inject = ref.location in inject_locations and (
+                is_new or mode == "redact" or (redacts_read and ref.location in _READ_LOCATIONS))
             secret = ref.location in secret_locations and (is_new or secrets == "redact")
             if inject or secret:
                 findings.append(_Finding(ref, is_new, inject, secret))
@@ -221,20 +233,35 @@ class ScreeningFilter:
             verdict = finding.verdict
             if verdict is None or not verdict.flagged:
                 continue
+            if mode == "block" and self.redact_long and location in _READ_LOCATIONS and _long(ref.text):
+                if finding.new:
+                    self._record(ctx, list(verdict.rules), location, "redact", verdict.score, ref)
+                ref.replace(self._redact_long(ref.text))
+                ctx.body_modified = True
+                continue
             if finding.new:
                 self._record(ctx, list(verdict.rules), location, mode, verdict.score, ref)
-            if mode == "block" and block is None:
-                block = GatewayError(
-                    "permission",
-                    f"request blocked by prompt-injection screening (rule {verdict.rules[0]}, location {location})",
-                    reason="screening",
-                )
+            if mode == "block":
+                # An older text is only here to be redacted again if long: it was judged when it was new.
+                if finding.new and block is None:
+                    block = GatewayError(
+                        "permission",
+                        f"request blocked by prompt-injection screening (rule {verdict.rules[0]}, location "
+                        f"{location})",
+                        reason="screening",
+                    )
             elif mode == "redact":
                 assert self.screener is not None
                 ref.replace(self.screener.redact(ref.text))
                 ctx.body_modified = True
         if block is not None:
             raise block
+
+    def _redact_long(self, text: str) -> str:
+        assert self.screener is not None
+        digest = _text_key(text)
+        redacted = _cached(self._redacted, digest)
+        return redacted if redacted is not None else _remember(self._redacted, digest, self.screener.redact(text))
 
     @staticmethod
     def _record(ctx: RequestContext, rules: list[str], location: str, action: str, score: float, ref: TextRef) -> None:
@@ -251,3 +278,8 @@ class ScreeningFilter:
         if ref.tool_call_id:
             attributes["tool_call_id"] = str(ref.tool_call_id)
         ctx.event("screening.verdict", **attributes)
+
+
+def _long(text: str) -> bool:
+    """Longer than one stretch of the engine (LOCAL_WORDS words): a file or a page rather than a message."""
+    return len(text.split(None, LOCAL_WORDS)) > LOCAL_WORDS  # stops splitting after LOCAL_WORDS words

@@ -510,15 +510,20 @@ class _FoldedStarts:
 _WORD_START_RE = re.compile(r"(?:^|(?<=\s))\S")
 
 
-def _stretches(text: str) -> list[str] | None:
-    """The text as overlapping stretches of LOCAL_WORDS words (each starting half a stretch after the one before,
-    the last one ending at the text's end), or None when it is no longer than one stretch."""
+def _stretch_spans(text: str) -> list[tuple[int, int]] | None:
+    """(start, end) of the text's overlapping stretches of LOCAL_WORDS words (each starting half a stretch after
+    the one before, the last one ending at the text's end), or None when it is no longer than one stretch."""
     starts = [m.start() for m in _WORD_START_RE.finditer(text)]
     if len(starts) <= LOCAL_WORDS:
         return None
     step = LOCAL_WORDS // 2
     firsts = [*range(0, len(starts) - LOCAL_WORDS, step), len(starts) - LOCAL_WORDS]
-    return [text[starts[i]:starts[i + LOCAL_WORDS] if i + LOCAL_WORDS < len(starts) else len(text)] for i in firsts]
+    return [(starts[i], starts[i + LOCAL_WORDS] if i + LOCAL_WORDS < len(starts) else len(text)) for i in firsts]
+
+
+def _stretches(text: str) -> list[str] | None:
+    spans = _stretch_spans(text)
+    return None if spans is None else [text[start:end] for start, end in spans]
 
 
 def _trie_regex(items: Iterable[str]) -> str:
@@ -771,6 +776,27 @@ class Screener:
                 return best
         return verdict
 
+    def _redact_stretches(self, text: str, spans: list[tuple[int, int]]) -> str:
+        """A long text (a file, a page an agent read) with each stretch that is flagged on its own replaced by
+        REDACTION (overlapping ones merged): an instruction planted in a document goes, the rest of it stays."""
+        cut: list[tuple[int, int]] = []
+        for start, end in spans:
+            if self._verdict(self._evidence(text[start:end], long=True)[0]).flagged:
+                if cut and start <= cut[-1][1]:
+                    cut[-1] = (cut[-1][0], end)
+                else:
+                    cut.append((start, end))
+        if not cut:
+            return REDACTION  # flagged as a whole, by nothing that sits in one place
+        pieces: list[str] = []
+        pos = 0
+        for start, end in cut:
+            pieces += [text[pos:start], REDACTION, " "]
+            pos = end
+        pieces.append(text[pos:])
+        redacted = "".join(pieces)
+        return redacted if not self.scan(redacted).flagged else REDACTION
+
     def _scanned(self, text: str) -> str:
         """What is scanned of a text: all of it, or its first and last max_scan_chars / 2 characters."""
         if len(text) <= self.max_scan_chars:
@@ -794,9 +820,14 @@ class Screener:
 
     def redact(self, text: str) -> str:
         """The text with each flagged sentence or line replaced by REDACTION; the whole text when the verdict
-        is flagged but no single piece is (the evidence is spread over several sentences)."""
+        is flagged but no single piece is (the evidence is spread over several sentences). A text longer than
+        LOCAL_WORDS words loses its flagged stretches instead (see redact_stretches)."""
         if not self.scan(text).flagged:
             return text
+        if len(text) <= self.max_scan_chars:
+            spans = _stretch_spans(text)
+            if spans is not None:
+                return self._redact_stretches(text, spans)
         pieces: list[str] = []
         pos = 0
         changed = False
