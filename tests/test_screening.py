@@ -415,15 +415,14 @@ def _heldout_scores(screener: Screener) -> tuple[float, float, float, int, int]:
 
 
 def test_heldout_quality_does_not_regress(screener: Screener) -> None:
-    """A floor under the measured held-out quality (round 4 with the long-text policy: F1 0.757, precision 0.951,
-    recall 0.629, benign_hard FPR 2/30): a change that makes screening worse on text it was not tuned on fails
-    here."""
+    """A floor under the measured held-out quality (round 5: F1 0.769, precision 0.952, recall 0.645, benign_hard
+    FPR 2/30): a change that makes screening worse on text it was not tuned on fails here."""
     f1, precision, recall, hard_fp, hard = _heldout_scores(screener)
-    assert f1 >= 0.74, f"held-out F1 {f1:.3f} (precision {precision:.3f}, recall {recall:.3f})"
+    assert f1 >= 0.75, f"held-out F1 {f1:.3f} (precision {precision:.3f}, recall {recall:.3f})"
     assert hard_fp / hard <= 0.10, f"held-out benign_hard FPR {hard_fp}/{hard}"
 
 
-@pytest.mark.xfail(reason="target not met: held-out F1 is 0.757 (precision 0.951, recall 0.629) with benign_hard "
+@pytest.mark.xfail(reason="target not met: held-out F1 is 0.769 (precision 0.952, recall 0.645) with benign_hard "
                           "FPR 2/30 = 6.7 % (docs/screening.md)", strict=False)
 def test_heldout_quality_meets_target(screener: Screener) -> None:
     """The issue's target: F1 >= 0.85 on the held-out split and <= 3 % false positives on its benign_hard rows."""
