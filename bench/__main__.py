@@ -9,7 +9,9 @@ Each target is started alone in front of one simulated upstream (`python -m otel
 pinned to --proxy-cores; the upstream, wrk, the OTLP sink, redis-server and this process's own clients run on
 --load-cores. Per target and mode (non-streaming, streaming): requests/s at saturation (wrk, --connections),
 the target's CPU time per request (its whole process tree, from /proc), latency p50/p99 and time to first token
-at a fixed moderate rate (an open-loop paced client, so queueing does not hide in it), peak RSS.
+at a fixed moderate rate (an open-loop paced client, so queueing does not hide in it), peak RSS. Then every target
+is started at once and latency is measured again with one request at a time, the targets in turn
+(--together-rounds): the machine's noise falls on all alike, which makes these the latency ratios to read.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from bench._util import (
     agent_turn_body,
     cpu_seconds,
     free_port,
+    interleaved,
     paced,
     peak_rss_mb,
     pinned,
@@ -83,6 +86,52 @@ class Row:
     ttft_p99: float | None
     paced_failures: int
     peak_rss_mb: float | None
+
+
+@dataclass
+class Together:
+    """Latency of one target measured with all the others, in turn (see bench._util.interleaved)."""
+
+    mode: str
+    target: str
+    requests: int
+    p50: float
+    p99: float
+    ttft_p50: float | None
+    ttft_p99: float | None
+    failures: int
+
+
+def measure_together(names: list[str], env: Env, args: argparse.Namespace, problems: list[str]) -> list[Together]:
+    """Every target started at once (idle but for the one request in flight), then latency measured in turn."""
+    running: dict[str, Running] = {}
+    rows: list[Together] = []
+    try:
+        for name in names:
+            try:
+                running[name] = TARGETS[name].start(env)
+                smoke(running[name].url)
+            except Exception as exc:
+                problems.append(f"{name} (latency together): {type(exc).__name__}: {exc}")
+                print(f"  FAILED: {problems[-1]}", flush=True)
+                running.pop(name, None)
+        urls = {name: r.url + "/v1/messages" for name, r in running.items()}
+        for mode, body in modes(args.body).items():
+            asyncio.run(interleaved(urls, body, HEADERS, max(5, args.together_rounds // 10), args.together_gap))
+            result = asyncio.run(interleaved(urls, body, HEADERS, args.together_rounds, args.together_gap))
+            stream = bool(body.get("stream"))
+            for name in urls:
+                lat = result[name]
+                rows.append(Together(mode, name, len(lat.latencies_ms), lat.p50, lat.p99,
+                                     lat.ttft_p50 if stream else None, lat.ttft_p99 if stream else None,
+                                     lat.failures))
+            print(f"  {mode}: " + ", ".join(f"{r.target} p50 {r.p50:.2f}" for r in rows if r.mode == mode),
+                  flush=True)
+    finally:
+        for r in running.values():
+            if r.proc:
+                stop(r.proc)
+    return rows
 
 
 def smoke(url: str) -> None:
@@ -183,6 +232,35 @@ def report(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
+def together_report(rows: list[Together]) -> str:
+    out = ["Latency with the targets measured together: one request at a time, the targets in turn, so the machine's "
+           "noise falls on all alike; added = minus the same percentile going direct:\n",
+           "| mode | target | requests | p50 ms | p99 ms | added p50 | × fwd | × LiteLLM | added p99 | × fwd | "
+           "TTFT p50 ms | added TTFT p50 | × fwd | × LiteLLM | added TTFT p99 | × fwd |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    by = {(r.mode, r.target): r for r in rows}
+    for mode in MODES:
+        base, fwd, llm = by.get((mode, "direct")), by.get((mode, "forwarder")), by.get((mode, "litellm"))
+
+        def added(r: Together | None, attr: str, base: Together | None = base) -> float | None:
+            if r is None or base is None or getattr(r, attr) is None or getattr(base, attr) is None:
+                return None
+            return float(getattr(r, attr) - getattr(base, attr))
+
+        for r in (r for r in rows if r.mode == mode):
+            stream = r.ttft_p50 is not None
+            out.append(
+                f"| {mode} | {r.target} | {r.requests} | {_num(r.p50)} | {_num(r.p99)} | {_num(added(r, 'p50'))} | "
+                f"{_ratio(added(r, 'p50'), added(fwd, 'p50'), ADDED_FLOOR)} | "
+                f"{_ratio(added(r, 'p50'), added(llm, 'p50'), ADDED_FLOOR)} | "
+                f"{_num(added(r, 'p99'))} | {_ratio(added(r, 'p99'), added(fwd, 'p99'), ADDED_FLOOR)} | "
+                f"{_num(r.ttft_p50) if stream else '-'} | {_num(added(r, 'ttft_p50'))} | "
+                f"{_ratio(added(r, 'ttft_p50'), added(fwd, 'ttft_p50'), ADDED_FLOOR)} | "
+                f"{_ratio(added(r, 'ttft_p50'), added(llm, 'ttft_p50'), ADDED_FLOOR)} | {_num(added(r, 'ttft_p99'))} | "
+                f"{_ratio(added(r, 'ttft_p99'), added(fwd, 'ttft_p99'), ADDED_FLOOR)} |")
+    return "\n".join(out)
+
+
 def soak_report(target: str, result: Soak) -> str:
     out = [f"Soak: {target}, {result.samples[-1].requests} requests (alternating non-streaming / streaming), "
            f"{result.failures} failed; RSS and open fds of the process tree every "
@@ -249,6 +327,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rate", type=float, help="paced requests/s for latency (default 100)")
     parser.add_argument("--paced-seconds", type=float, help="paced latency duration (default 5)")
+    parser.add_argument("--together-rounds", type=int,
+                        help="latency with every target started at once, measured in turn: rounds per mode "
+                        "(default 400; 0 = skip)")
+    parser.add_argument("--together-gap", type=float, default=0.002, help="seconds between those requests")
     parser.add_argument("--chunks", type=int, default=50, help="text deltas per simulated stream")
     parser.add_argument("--body", choices=("small", "agent"), default="small",
                         help="request body: a short prompt (default) or a ~60 KB agent turn with tool history")
@@ -268,6 +350,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.rate = args.rate or (50 if quick else 100)
     args.paced_seconds = args.paced_seconds or (2 if quick else 5)
     args.soak = (0 if quick else 100_000) if args.soak is None else args.soak
+    args.together_rounds = (60 if quick else 400) if args.together_rounds is None else args.together_rounds
     if args.soak_target not in TARGETS or args.soak_target == "direct":
         parser.error(f"--soak-target: one of {', '.join(n for n in TARGETS if n != 'direct')}")
     return args
@@ -304,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
+    together: list[Together] = []
     soak_result: Soak | None = None
     problems: list[str] = []
     background: list[Any] = []
@@ -336,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 if running and running.proc:
                     stop(running.proc)
+        if args.together_rounds and len(names) > 1:
+            print(f"latency, all targets together: {args.together_rounds} rounds per mode ...", flush=True)
+            together = measure_together(names, env, args, problems)
         if args.soak:
             print(f"soak: {args.soak} requests through {args.soak_target} ...", flush=True)
             running = None
@@ -364,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     print("\n" + report(rows))
+    if together:
+        print("\n" + together_report(together))
     if soak_result:
         print("\n" + soak_report(args.soak_target, soak_result))
     if problems:
@@ -372,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "command": command, "machine": info, "rows": [asdict(r) for r in rows],
+            "together": [asdict(r) for r in together],
             "soak": asdict(soak_result) if soak_result else None, "problems": problems,
             "when": time.strftime("%Y-%m-%d %H:%M:%S"),
         }, indent=1))

@@ -282,6 +282,52 @@ async def paced(url: str, body: dict[str, Any], headers: dict[str, str], rate: f
     return result
 
 
+async def interleaved(urls: dict[str, str], body: dict[str, Any], headers: dict[str, str], rounds: int,
+                      gap: float) -> dict[str, Paced]:
+    """Latency of several targets measured together: one request at a time, the targets in turn (the order rotated
+    every round), `gap` seconds between requests. Whatever the machine does meanwhile — a busy neighbour, a core
+    waking from sleep — falls on every target alike, and no request ever queues behind another, so the difference
+    between two targets is their own cost per request. (Measured one target after another, each in its own
+    window, the same targets' added latency moved by 2-3x between runs on this machine.)"""
+    out = {name: Paced([], [], 0) for name in urls}
+    stream = bool(body.get("stream"))
+    payload = json.dumps(body).encode()
+    names = list(urls)
+    sessions = {name: aiohttp.ClientSession() for name in names}
+    try:
+        for n in range(rounds):
+            for i in range(len(names)):
+                name = names[(n + i) % len(names)]
+                result = out[name]
+                started = time.perf_counter()
+                try:
+                    async with sessions[name].post(urls[name], data=payload, headers=headers) as response:
+                        if response.status != 200:
+                            await response.read()
+                            result.failures += 1
+                            continue
+                        if stream:
+                            tail, first = b"", None
+                            async for chunk in response.content.iter_any():
+                                if first is None:
+                                    tail = tail[-32:] + chunk
+                                    if FIRST_TOKEN in tail:
+                                        first = time.perf_counter() - started
+                            if first is not None:
+                                result.ttft_ms.append(first * 1000)
+                        else:
+                            await response.read()
+                except aiohttp.ClientError:
+                    result.failures += 1
+                    continue
+                result.latencies_ms.append((time.perf_counter() - started) * 1000)
+                await asyncio.sleep(gap)
+    finally:
+        for session in sessions.values():
+            await session.close()
+    return out
+
+
 @dataclass
 class Sample:
     requests: int
