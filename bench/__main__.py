@@ -189,6 +189,13 @@ def _num(value: float | None, digits: int = 2) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
+def _added(row: Any, direct: Any, attr: str) -> float | None:
+    """What a target adds to going direct, for one figure (p50, p99, ttft_p50, ...); None when either lacks it."""
+    if row is None or direct is None or getattr(row, attr) is None or getattr(direct, attr) is None:
+        return None
+    return float(getattr(row, attr) - getattr(direct, attr))
+
+
 def report(rows: list[Row]) -> str:
     out = []
     out.append("Throughput and cost (wrk at saturation; CPU and RSS of the target's whole process tree):\n")
@@ -215,9 +222,7 @@ def report(rows: list[Row]) -> str:
         fwd, llm = by.get((mode, "forwarder")), by.get((mode, "litellm"))
 
         def added(r: Row | None, attr: str, direct: Row | None = direct) -> float | None:
-            if r is None or direct is None or getattr(r, attr) is None or getattr(direct, attr) is None:
-                return None
-            return float(getattr(r, attr) - getattr(direct, attr))
+            return _added(r, direct, attr)
 
         for r in (r for r in rows if r.mode == mode):
             stream = r.ttft_p50 is not None
@@ -243,9 +248,7 @@ def together_report(rows: list[Together]) -> str:
         base, fwd, llm = by.get((mode, "direct")), by.get((mode, "forwarder")), by.get((mode, "litellm"))
 
         def added(r: Together | None, attr: str, base: Together | None = base) -> float | None:
-            if r is None or base is None or getattr(r, attr) is None or getattr(base, attr) is None:
-                return None
-            return float(getattr(r, attr) - getattr(base, attr))
+            return _added(r, base, attr)
 
         for r in (r for r in rows if r.mode == mode):
             stream = r.ttft_p50 is not None

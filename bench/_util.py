@@ -240,6 +240,35 @@ class Paced:
 FIRST_TOKEN = b"content_block_delta"
 
 
+async def timed(http: aiohttp.ClientSession, url: str, payload: bytes, headers: dict[str, str], stream: bool,
+                result: Paced) -> bool:
+    """One request, its latency (and for a stream the time until the first content_block_delta) added to
+    `result`; False, and counted as a failure, when it did not come back whole with a 200."""
+    started = time.perf_counter()
+    try:
+        async with http.post(url, data=payload, headers=headers) as response:
+            if response.status != 200:
+                await response.read()
+                result.failures += 1
+                return False
+            if stream:
+                tail, first = b"", None
+                async for chunk in response.content.iter_any():
+                    if first is None:
+                        tail = tail[-32:] + chunk  # the event name may straddle two chunks
+                        if FIRST_TOKEN in tail:
+                            first = time.perf_counter() - started
+                if first is not None:
+                    result.ttft_ms.append(first * 1000)
+            else:
+                await response.read()
+    except aiohttp.ClientError:
+        result.failures += 1
+        return False
+    result.latencies_ms.append((time.perf_counter() - started) * 1000)
+    return True
+
+
 async def paced(url: str, body: dict[str, Any], headers: dict[str, str], rate: float, seconds: float) -> Paced:
     """Requests started at a fixed rate (open loop, so latency is not hidden by back-pressure). For streams,
     time to first token is the time until the first content_block_delta event arrives."""
@@ -248,28 +277,7 @@ async def paced(url: str, body: dict[str, Any], headers: dict[str, str], rate: f
     payload = json.dumps(body).encode()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         async def one() -> None:
-            started = time.perf_counter()
-            try:
-                async with http.post(url, data=payload, headers=headers) as response:
-                    if response.status != 200:
-                        await response.read()
-                        result.failures += 1
-                        return
-                    if stream:
-                        tail, first = b"", None
-                        async for chunk in response.content.iter_any():
-                            if first is None:
-                                tail = tail[-32:] + chunk  # the event name may straddle two chunks
-                                if FIRST_TOKEN in tail:
-                                    first = time.perf_counter() - started
-                        if first is not None:
-                            result.ttft_ms.append(first * 1000)
-                    else:
-                        await response.read()
-            except aiohttp.ClientError:
-                result.failures += 1
-                return
-            result.latencies_ms.append((time.perf_counter() - started) * 1000)
+            await timed(http, url, payload, headers, stream, result)
 
         tasks = []
         start = time.perf_counter()
@@ -298,30 +306,8 @@ async def interleaved(urls: dict[str, str], body: dict[str, Any], headers: dict[
         for n in range(rounds):
             for i in range(len(names)):
                 name = names[(n + i) % len(names)]
-                result = out[name]
-                started = time.perf_counter()
-                try:
-                    async with sessions[name].post(urls[name], data=payload, headers=headers) as response:
-                        if response.status != 200:
-                            await response.read()
-                            result.failures += 1
-                            continue
-                        if stream:
-                            tail, first = b"", None
-                            async for chunk in response.content.iter_any():
-                                if first is None:
-                                    tail = tail[-32:] + chunk
-                                    if FIRST_TOKEN in tail:
-                                        first = time.perf_counter() - started
-                            if first is not None:
-                                result.ttft_ms.append(first * 1000)
-                        else:
-                            await response.read()
-                except aiohttp.ClientError:
-                    result.failures += 1
-                    continue
-                result.latencies_ms.append((time.perf_counter() - started) * 1000)
-                await asyncio.sleep(gap)
+                if await timed(sessions[name], urls[name], payload, headers, stream, out[name]):
+                    await asyncio.sleep(gap)
     finally:
         for session in sessions.values():
             await session.close()
