@@ -266,7 +266,10 @@ async def test_a_long_tool_result_loses_its_planted_instruction_and_the_agent_go
     messages = anthropic_tool_turn(long_document(ATTACK))
     async with gateway(config(tmp_path, mode="block"), sim) as gw:
         client = aclient(gw)
-        reply = await client.messages.create(model="claude-test", max_tokens=64, messages=messages, tools=TOOLS)
+        raw = await client.messages.with_raw_response.create(model="claude-test", max_tokens=64, messages=messages,
+                                                             tools=TOOLS)
+        assert raw.headers["x-otelgate-redacted"] == "tool_result"  # the developer can see the model saw less
+        reply = await raw.parse()
         messages += [{"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in reply.content]},
                      {"role": "user", "content": "Thanks, and the next section?"}]
         await client.messages.create(model="claude-test", max_tokens=64, messages=messages, tools=TOOLS)

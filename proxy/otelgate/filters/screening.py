@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 
 _ALL_LOCATIONS = frozenset({"user", "tool_result", "system", "documents"})
 _READ_LOCATIONS = frozenset({"tool_result", "documents"})  # what the agent read, not what someone wrote to it
+# Tells the agent's developer that what the model saw differs from what the agent sent: the locations whose text
+# was redacted this turn (suspected injection or credentials), e.g. "tool_result". Never the text or the rule.
+REDACTED_HEADER = "x-otelgate-redacted"
 _CACHE_SIZE = 8192
 _T = TypeVar("_T")
 # The caches' key for a text. With hash randomisation (the default) Python's own str hash is SipHash under a
@@ -213,6 +216,7 @@ class ScreeningFilter:
     def _act(self, ctx: RequestContext, findings: list[_Finding], mode: str, secrets: str) -> None:
         # Record first, refuse after: the verdicts of a blocked request are what telemetry must show.
         block: GatewayError | None = None
+        redacted: set[str] = set()
         for finding in findings:
             ref = finding.ref
             location = ref.location
@@ -230,6 +234,7 @@ class ScreeningFilter:
                 elif secrets == "redact":
                     ref.replace(redact_secrets(ref.text))
                     ctx.body_modified = True
+                    redacted.add(location)
             verdict = finding.verdict
             if verdict is None or not verdict.flagged:
                 continue
@@ -238,6 +243,7 @@ class ScreeningFilter:
                     self._record(ctx, list(verdict.rules), location, "redact", verdict.score, ref)
                 ref.replace(self._redact_long(ref.text))
                 ctx.body_modified = True
+                redacted.add(location)
                 continue
             if finding.new:
                 self._record(ctx, list(verdict.rules), location, mode, verdict.score, ref)
@@ -254,8 +260,11 @@ class ScreeningFilter:
                 assert self.screener is not None
                 ref.replace(self.screener.redact(ref.text))
                 ctx.body_modified = True
+                redacted.add(location)
         if block is not None:
             raise block
+        if redacted:
+            ctx.response_headers[REDACTED_HEADER] = ",".join(sorted(redacted))
 
     def _redact_long(self, text: str) -> str:
         assert self.screener is not None
