@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +11,7 @@ import aiohttp
 import anthropic
 import openai
 import pytest
+from aiohttp import web
 
 from conftest import ANTHROPIC_TEST_KEY, OPENAI_TEST_KEY
 from otelgate.config import key_hash
@@ -200,3 +203,64 @@ async def test_anonymous_keys_have_no_tool_policy(sim, tmp_path):
     async with gateway(cfg, sim, telemetry=None) as gw:
         await aclient(gw).messages.create(model="claude-test", max_tokens=64, messages=QUESTION, tools=A_TOOLS)
     assert sent_tool_names(sim.requests[-1]) == ["search", "read_file", "run_shell"]
+
+
+def _chat_chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    body = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-test",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+@pytest.mark.parametrize(("name", "refused"), [("search", False), ("run_shell", True)])
+async def test_a_tool_name_arriving_after_its_call_is_judged_by_the_name(tmp_path, name, refused):
+    # Some OpenAI-compatible servers open a tool call before naming it, in an earlier read: the empty name must
+    # not be refused as "not in allowed_tools", and the name when it comes must be judged. The upstream sends the
+    # name only once the agent has received the nameless call, so the two arrive in separate reads.
+    delivered = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(_chat_chunk({"role": "assistant", "content": None}) + _chat_chunk(
+            {"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"arguments": ""}}]}))
+        await delivered.wait()
+        await response.write(_chat_chunk({"tool_calls": [{"index": 0, "function": {"name": name}}]})
+                             + _chat_chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]})
+                             + _chat_chunk({}, "tool_calls") + b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    cfg = config(tmp_path)
+    cfg["upstreams"] = {"openai": {"base_url": f"http://127.0.0.1:{port}/v1"}}
+    names: list[str] = []
+
+    async def read(stream) -> None:
+        async for chunk in stream:
+            for call in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+                delivered.set()
+                if call.function and call.function.name:
+                    names.append(call.function.name)
+
+    try:
+        async with gateway(cfg, None, telemetry=None) as gw:
+            stream = await oclient(gw).chat.completions.create(
+                model="gpt-test", messages=QUESTION, tools=O_TOOLS, stream=True)
+            if refused:
+                with pytest.raises(openai.APIError) as error:
+                    await read(stream)
+                assert "run_shell" in str(error.value)
+                assert names == []  # the nameless opening arrived; the forbidden name did not
+            else:
+                await read(stream)
+                assert names == ["search"]
+    finally:
+        delivered.set()
+        await runner.cleanup()

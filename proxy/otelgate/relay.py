@@ -186,6 +186,7 @@ async def _relay(
     guard = ctx.stream_guard
     calls = ctx.result.tool_calls
     judged = 0  # tool calls the guard has seen
+    unnamed = False  # a call seen before its name: asked again until every call has one
     refused: GatewayError | None = None
     try:
         async with asyncio.timeout(None) as timer:
@@ -198,8 +199,9 @@ async def _relay(
                     break
                 if decoder is not None:
                     parser.feed(decoder.decode(chunk))
-                    if guard is not None and len(calls) > judged:
+                    if guard is not None and (len(calls) > judged or unnamed):
                         judged = len(calls)
+                        unnamed = any(not call.name for call in calls)
                         refused = guard(ctx)
                         if refused is not None:
                             # Nothing of this chunk reaches the agent: it holds the refused tool call.

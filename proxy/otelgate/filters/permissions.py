@@ -113,13 +113,15 @@ class PermissionsFilter:
         self._flag(ctx, found)
 
     def _judge_stream(self, ctx: RequestContext) -> GatewayError | None:
-        found = self._forbidden_calls(ctx)
+        # A call whose name has not arrived yet is not judged (an empty name is in no allow-list): the relay asks
+        # again until it has one.
+        found = [(name, why) for name, why in self._forbidden_calls(ctx) if name]
         return self._refusal(ctx, found, "the stream was ended before it") if found else None
 
     async def done(self, ctx: RequestContext) -> None:
-        # Streams a policy lets through with a flag: a complete answer was judged in `response`, and a refused
-        # stream was judged while it passed.
-        if ctx.stream and ctx.stream_guard is None and ctx.status is not None and ctx.status < 400:
+        # Streams: a complete answer was judged in `response`. A stream not refused while it passed (a flag policy,
+        # or a call the guard never saw whole) is flagged here if it called a forbidden tool.
+        if ctx.stream and ctx.rejected_reason != "tool_permission" and ctx.status is not None and ctx.status < 400:
             found = self._forbidden_calls(ctx)
             if found:
                 self._flag(ctx, found)
