@@ -301,3 +301,19 @@ async def test_a_short_tool_result_with_an_instruction_still_blocks(sim, tmp_pat
             await aclient(gw).messages.create(model="claude-test", max_tokens=64, tools=TOOLS,
                                               messages=anthropic_tool_turn(ATTACK))
     assert not sim.requests
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+async def test_openai_long_tool_results_lose_the_planted_instruction_too(sim, tmp_path, api):
+    document = long_document(ATTACK)
+    async with gateway(config(tmp_path, mode="block"), sim, telemetry=None) as gw:
+        if api == "chat":
+            raw = await oclient(gw).chat.completions.with_raw_response.create(
+                model="gpt-test", messages=chat_tool_turn(document), tools=OPENAI_TOOLS)
+        else:
+            raw = await oclient(gw).responses.with_raw_response.create(
+                model="gpt-test", input=responses_tool_turn(document),
+                tools=[{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}])
+    assert raw.headers["x-otelgate-redacted"] == "tool_result"
+    sent = sim.requests[-1].body.decode()
+    assert ATTACK_MARK not in sent and REDACTION in sent and "Step 12: the writer" in sent
