@@ -250,15 +250,13 @@ async def _relay(
     except BaseException:
         upstream.close()
         raise
-    if refused is not None:
+    if refused is not None:  # a policy ended the stream: a refusal, told the agent like any broken stream
         broken = StreamBroken(refused.kind, refused.message, refused.reason)
+        ctx.outcome, ctx.rejected_reason = "rejected", refused.reason
     elif broken is None and decoder is not None and not parser.complete:
         broken = StreamBroken("api_error", "upstream stream ended before the response was complete", "stream_truncated")
     if broken is None and pending:
         await response.write(pending)  # trailing bytes after the last event of a complete stream
-    if refused is not None:
-        ctx.outcome = "rejected"
-        ctx.rejected_reason = refused.reason
     if broken is not None:
         upstream.close()
         if refused is None:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from otelgate.errors import GatewayError
 from otelgate.screening import REDACTION, Screener, Verdict, find_secrets, redact_secrets
-from otelgate.screening.engine import LOCAL_WORDS
+from otelgate.screening.engine import is_long
 
 if TYPE_CHECKING:
     from otelgate.config import Settings
@@ -186,8 +186,10 @@ class ScreeningFilter:
         for ref in refs:
             is_new = whole or (id(ref.container), ref.key) in fresh_ids
             # An old text is only looked at again to redact it again (see the module docstring).
+            # An older tool result matters in block mode only if long: a flagged short one never got through.
             inject = ref.location in inject_locations and (
-                is_new or mode == "redact" or (redacts_read and ref.location in _READ_LOCATIONS))
+                is_new or mode == "redact"
+                or (redacts_read and ref.location in _READ_LOCATIONS and is_long(ref.text)))
             secret = ref.location in secret_locations and (is_new or secrets == "redact")
             if inject or secret:
                 findings.append(_Finding(ref, is_new, inject, secret))
@@ -238,7 +240,7 @@ class ScreeningFilter:
             verdict = finding.verdict
             if verdict is None or not verdict.flagged:
                 continue
-            if mode == "block" and self.redact_long and location in _READ_LOCATIONS and _long(ref.text):
+            if mode == "block" and self.redact_long and location in _READ_LOCATIONS and is_long(ref.text):
                 if finding.new:
                     self._record(ctx, list(verdict.rules), location, "redact", verdict.score, ref)
                 ref.replace(self._redact_long(ref.text))
@@ -287,8 +289,3 @@ class ScreeningFilter:
         if ref.tool_call_id:
             attributes["tool_call_id"] = str(ref.tool_call_id)
         ctx.event("screening.verdict", **attributes)
-
-
-def _long(text: str) -> bool:
-    """Longer than one stretch of the engine (LOCAL_WORDS words): a file or a page rather than a message."""
-    return len(text.split(None, LOCAL_WORDS)) > LOCAL_WORDS  # stops splitting after LOCAL_WORDS words

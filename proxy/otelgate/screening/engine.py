@@ -521,9 +521,9 @@ def _stretch_spans(text: str) -> list[tuple[int, int]] | None:
     return [(starts[i], starts[i + LOCAL_WORDS] if i + LOCAL_WORDS < len(starts) else len(text)) for i in firsts]
 
 
-def _stretches(text: str) -> list[str] | None:
-    spans = _stretch_spans(text)
-    return None if spans is None else [text[start:end] for start, end in spans]
+def is_long(text: str) -> bool:
+    """Longer than one stretch (LOCAL_WORDS words): a file or a page rather than a message. Stops counting there."""
+    return len(text.split(None, LOCAL_WORDS)) > LOCAL_WORDS
 
 
 def _trie_regex(items: Iterable[str]) -> str:
@@ -760,12 +760,13 @@ class Screener:
         evidence, _ = self._evidence(text)
         verdict = self._verdict(evidence)
         if verdict.flagged and max(w for w, _c in evidence.values()) < self.threshold:
-            stretches = _stretches(self._scanned(text))
-            if stretches is not None:
+            scanned = self._scanned(text)
+            spans = _stretch_spans(scanned)
+            if spans is not None:
                 # Only combined weak evidence flagged this long text: it counts if it sits together somewhere.
                 best = Verdict(False, 0.0, (), ())
-                for stretch in stretches:
-                    local = self._verdict(self._evidence(stretch, long=True)[0])
+                for start, end in spans:
+                    local = self._verdict(self._evidence(scanned[start:end], long=True)[0])
                     if local.flagged:
                         best = local
                         break
@@ -821,7 +822,7 @@ class Screener:
     def redact(self, text: str) -> str:
         """The text with each flagged sentence or line replaced by REDACTION; the whole text when the verdict
         is flagged but no single piece is (the evidence is spread over several sentences). A text longer than
-        LOCAL_WORDS words loses its flagged stretches instead (see redact_stretches)."""
+        LOCAL_WORDS words loses its flagged stretches instead (see _redact_stretches)."""
         if not self.scan(text).flagged:
             return text
         if len(text) <= self.max_scan_chars:
