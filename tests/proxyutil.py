@@ -68,13 +68,20 @@ async def gateway(
     settings = settings_for(config, sim)
     tel = make_telemetry(settings, **kw) if telemetry == "default" else telemetry
     app = create_app(settings, telemetry=tel, extra_filters=extra_filters)
-    runner = runner_for(app, settings)
+    async with serving(runner_for(app, settings)) as url:
+        yield Gateway(url, app, settings, tel)
+
+
+@contextlib.asynccontextmanager
+async def serving(runner: web.AppRunner) -> AsyncIterator[str]:
+    """Serve an app runner (not yet set up) on a free loopback port; yields its base URL. Also for a test's own
+    stand-in upstream: `async with serving(web.AppRunner(app)) as url`."""
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        yield Gateway(f"http://127.0.0.1:{port}", app, settings, tel)
+        yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
 

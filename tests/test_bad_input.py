@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from conftest import ANTHROPIC_TEST_KEY, OPENAI_TEST_KEY
-from proxyutil import gateway, wait_until
+from proxyutil import gateway, serving, wait_until
 
 ANTHROPIC_HEADERS = {"authorization": f"Bearer {ANTHROPIC_TEST_KEY}", "anthropic-version": "2023-06-01"}
 OPENAI_HEADERS = {"authorization": f"Bearer {OPENAI_TEST_KEY}"}
@@ -163,18 +163,11 @@ async def test_gzip_upstream_body_is_relayed_and_still_accounted(sim):
 
     app = web.Application()
     app.router.add_post("/v1/messages", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:
-        config = {"upstreams": {"anthropic": {"base_url": f"http://127.0.0.1:{port}"}}}
+    async with serving(web.AppRunner(app)) as upstream:
+        config = {"upstreams": {"anthropic": {"base_url": upstream}}}
         async with gateway(config, sim, telemetry=None) as g:
             c = anthropic.AsyncAnthropic(base_url=g.url, api_key=ANTHROPIC_TEST_KEY, max_retries=0)
             message = await c.messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}])
-    finally:
-        await runner.cleanup()
     assert message.content[0].text == "zipped"
 
 

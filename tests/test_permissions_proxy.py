@@ -15,7 +15,7 @@ from aiohttp import web
 
 from conftest import ANTHROPIC_TEST_KEY, OPENAI_TEST_KEY
 from otelgate.config import key_hash
-from proxyutil import gateway
+from proxyutil import gateway, serving
 
 A_TOOLS = [
     {"name": name, "description": name, "input_schema": {"type": "object"}}
@@ -233,13 +233,7 @@ async def test_a_tool_name_arriving_after_its_call_is_judged_by_the_name(tmp_pat
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     cfg = config(tmp_path)
-    cfg["upstreams"] = {"openai": {"base_url": f"http://127.0.0.1:{port}/v1"}}
     names: list[str] = []
 
     async def read(stream) -> None:
@@ -250,7 +244,8 @@ async def test_a_tool_name_arriving_after_its_call_is_judged_by_the_name(tmp_pat
                     names.append(call.function.name)
 
     try:
-        async with gateway(cfg, None, telemetry=None) as gw:
+        async with serving(web.AppRunner(app)) as upstream, gateway(
+                {**cfg, "upstreams": {"openai": {"base_url": upstream + "/v1"}}}, None, telemetry=None) as gw:
             stream = await oclient(gw).chat.completions.create(
                 model="gpt-test", messages=QUESTION, tools=O_TOOLS, stream=True)
             if refused:
@@ -263,4 +258,3 @@ async def test_a_tool_name_arriving_after_its_call_is_judged_by_the_name(tmp_pat
                 assert names == ["search"]
     finally:
         delivered.set()
-        await runner.cleanup()

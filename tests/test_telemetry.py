@@ -22,6 +22,7 @@ from otelgate.telemetry.console import render_trace_tree
 from otelgate.telemetry.content import request_messages
 from otelgate.telemetry.prometheus import metric_name
 from otelgate.telemetry.tools import ToolTracker
+from proxyutil import serving
 
 ROUTE = Route("anthropic", "messages", "chat", "/v1/messages", "POST", True)
 Scenario = Callable[[RequestContext], None]
@@ -70,13 +71,9 @@ async def harness() -> AsyncIterator[tuple[Harness, InMemorySpanExporter]]:
     app = web.Application()
     app.router.add_post("/v1/messages", h.handle)
     app.router.add_get("/metrics", tel.metrics_handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    h.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1/messages"  # type: ignore[union-attr]
-    yield h, exporter
-    await runner.cleanup()
+    async with serving(web.AppRunner(app)) as url:
+        h.url = url + "/v1/messages"
+        yield h, exporter
     await tel.shutdown()
 
 
