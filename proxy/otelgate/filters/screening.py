@@ -33,6 +33,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from otelgate.errors import GatewayError
+from otelgate.providers.base import json_name_in
 from otelgate.screening import REDACTION, Screener, Verdict, find_secrets, redact_secrets
 from otelgate.screening.engine import is_long
 
@@ -88,10 +89,6 @@ _MODEL_ROLES = frozenset({"assistant"})
 _MODEL_ITEM_TYPES = frozenset({"function_call", "reasoning", "web_search_call", "file_search_call", "computer_call"})
 
 
-def _named(value: Any, names: frozenset[str]) -> bool:
-    return isinstance(value, str) and value in names
-
-
 def new_part(body: dict[str, Any]) -> dict[str, Any]:
     """A shallow view of ``body`` holding only this turn's new conversation items (and the top-level system
     fields). Its items are the body's own dicts, so a TextRef found in it rewrites the real body."""
@@ -103,7 +100,7 @@ def new_part(body: dict[str, Any]) -> dict[str, Any]:
             for index, item in enumerate(items):
                 # role / type may be any JSON value in a body: only a string can name a model turn.
                 if isinstance(item, dict) and (
-                    _named(item.get("role"), _MODEL_ROLES) or _named(item.get("type"), _MODEL_ITEM_TYPES)
+                    json_name_in(item.get("role"), _MODEL_ROLES) or json_name_in(item.get("type"), _MODEL_ITEM_TYPES)
                 ):
                     start = index + 1
             tail = items[start:]

@@ -16,6 +16,7 @@ from otelgate.providers.base import (
     StreamParser,
     TextRef,
     json_int,
+    json_name_in,
     json_object,
     optional_bool,
     optional_int,
@@ -201,12 +202,12 @@ class AnthropicProvider(Provider):
     def remove_tools(self, body: dict[str, Any], names: set[str]) -> None:
         tools = body.get("tools")
         if isinstance(tools, list):
-            body["tools"] = [t for t in tools if not (isinstance(t, dict) and _is_one_of(t.get("name"), names))]
+            body["tools"] = [t for t in tools if not (isinstance(t, dict) and json_name_in(t.get("name"), names))]
             if not body["tools"]:
                 del body["tools"]
                 body.pop("tool_choice", None)
         choice = body.get("tool_choice")
-        if isinstance(choice, dict) and _is_one_of(choice.get("name"), names):
+        if isinstance(choice, dict) and json_name_in(choice.get("name"), names):
             del body["tool_choice"]  # {"type": "tool", "name": X} forcing a removed tool: back to auto
 
     def parse_response(self, body: dict[str, Any], route: Route, result: Result) -> None:
@@ -255,11 +256,6 @@ def _tool_result_texts(block: dict[str, Any]) -> Iterator[TextRef]:
         for part in content:
             if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
                 yield TextRef("tool_result", part, "text", call_id)
-
-
-def _is_one_of(value: Any, names: set[str]) -> bool:
-    """`value in names` for any JSON value (a list or an object in a body is unhashable)."""
-    return isinstance(value, str) and value in names
 
 
 # Claude Code puts its session into metadata.user_id, with a device id that is the same for every run on a machine:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -75,6 +75,12 @@ def json_object(value: Any) -> dict[str, Any]:
 
 def json_int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def json_name_in(value: Any, names: Collection[str]) -> bool:
+    """`value in names` for any JSON value where a body should hold a name (a role, a type, a tool name): a list or
+    an object there is unhashable, and is no name."""
+    return isinstance(value, str) and value in names
 
 
 class Provider(ABC):

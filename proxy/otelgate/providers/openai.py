@@ -15,6 +15,7 @@ from otelgate.providers.base import (
     StreamParser,
     TextRef,
     json_int,
+    json_name_in,
     json_object,
     optional_bool,
     optional_int,
@@ -184,6 +185,7 @@ def _parse_response_object(response: dict[str, Any], result: Result) -> None:
 # Where a message's text sits, by its role (screening locations).
 _ROLE_LOCATIONS = {"user": "user", "tool": "tool_result", "system": "system", "developer": "system"}
 
+
 class OpenAIProvider(Provider):
     name = "openai"
     auth_headers = ("authorization",)
@@ -311,7 +313,7 @@ class OpenAIProvider(Provider):
                 continue
             function = tool.get("function")
             name = function.get("name") if isinstance(function, dict) else tool.get("name")
-            if not (isinstance(name, str) and name in names):
+            if not json_name_in(name, names):
                 kept.append(tool)
         body["tools"] = kept
         if not kept:
@@ -324,7 +326,7 @@ class OpenAIProvider(Provider):
             # a choice forcing a removed tool goes back to auto.
             function = choice.get("function")
             forced = function.get("name") if isinstance(function, dict) else choice.get("name")
-            if isinstance(forced, str) and forced in names:
+            if json_name_in(forced, names):
                 del body["tool_choice"]
 
     def parse_response(self, body: dict[str, Any], route: Route, result: Result) -> None:
