@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +96,7 @@ class ModelPrice:
                    long_context_above=int(lc["above_prompt_tokens"]) if lc else None,
                    long_context=Rates.from_dict(lc, base) if lc else None)
 
-    @property
+    @cached_property  # read on every priced call: built once (the instance is frozen)
     def rates(self) -> Rates:
         return Rates.from_dict({"input": self.input, "output": self.output, "cache_read": self.cache_read,
                                 "cache_write": self.cache_write, "cache_write_1h": self.cache_write_1h})
