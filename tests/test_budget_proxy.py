@@ -140,6 +140,30 @@ async def test_a_derived_session_belongs_to_its_key(sim: SimUpstream, tmp_path: 
         assert len(sim.requests) == 4
 
 
+async def test_a_derived_session_survives_prompt_caching_markers(sim: SimUpstream, tmp_path: Path) -> None:
+    """An agent loop that marks its newest message for prompt caching (the SDKs' documented pattern) moves
+    `cache_control` off the first user message after turn one. The loop is still one session: its cap holds."""
+    cfg = config(sqlite_url(tmp_path), {"limits": {"session": {"max_calls": 3}}})
+    system = [{"type": "text", "text": "You are a release bot.", "cache_control": {"type": "ephemeral"}}]
+    async with gateway(cfg, sim, telemetry=None) as gw:
+        c = client(gw)
+        history: list[dict[str, Any]] = [{"role": "user", "content": "Ship version 2."}]
+
+        async def turn() -> None:
+            messages = [dict(m) for m in history]
+            last = messages[-1]
+            last["content"] = [{"type": "text", "text": str(last["content"]), "cache_control": {"type": "ephemeral"}}]
+            await c.messages.create(model=MODEL, max_tokens=10, system=system, messages=messages)
+            history.extend([{"role": "assistant", "content": "Working on it."}, {"role": "user", "content": "Go on."}])
+
+        for _ in range(3):
+            await turn()
+        with pytest.raises(anthropic.RateLimitError) as err:
+            await turn()
+        assert "session limit of 3 calls" in msg(err.value)
+        assert len(sim.requests) == 3
+
+
 async def test_two_keys_naming_their_runs_alike_have_separate_sessions(sim: SimUpstream, tmp_path: Path) -> None:
     """Session names are the agent's choice ("main", "run-1"): a tenant that picks another's name must not spend
     that tenant's session cap, or exhaust it on purpose."""

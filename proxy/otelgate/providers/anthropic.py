@@ -21,6 +21,7 @@ from otelgate.providers.base import (
     optional_bool,
     optional_int,
     require,
+    seed_text,
 )
 from otelgate.sse import SSEError
 
@@ -146,7 +147,7 @@ class AnthropicProvider(Provider):
         first = next((m for m in messages if isinstance(m, dict) and m.get("role") == "user"), None)
         if first is None:
             return None
-        return json.dumps([body.get("system"), first.get("content")], sort_keys=True, default=str)
+        return seed_text([body.get("system"), first.get("content")])
 
     def tool_results(self, body: dict[str, Any]) -> list[ToolResult]:
         messages = body.get("messages") or []

@@ -83,6 +83,23 @@ def json_name_in(value: Any, names: Collection[str]) -> bool:
     return isinstance(value, str) and value in names
 
 
+def seed_text(value: Any) -> str:
+    """A conversation's opening (system prompt, first user message) as text that stays the same on every turn of
+    an agent loop. Prompt-caching markers are left out: SDK helpers move ``cache_control`` to the newest message
+    each turn, so the first message carries it on turn one only, and a plain string content becomes a list of one
+    text block when it gets the marker. (Depth is bounded by the request's JSON depth limit, checked before this.)"""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "\x1e".join(map(seed_text, value))
+    if isinstance(value, dict):
+        fields = {k: v for k, v in value.items() if k != "cache_control"}
+        if fields.keys() == {"type", "text"} and fields["type"] == "text" and isinstance(fields["text"], str):
+            return fields["text"]
+        return "\x1f".join(f"{k}={seed_text(v)}" for k, v in sorted(fields.items()))
+    return repr(value)
+
+
 class Provider(ABC):
     name: str
     # Header names that carry the agent's credential for this provider.

@@ -20,6 +20,7 @@ from otelgate.providers.base import (
     optional_bool,
     optional_int,
     require,
+    seed_text,
 )
 from otelgate.sse import SSEError
 
@@ -229,14 +230,14 @@ class OpenAIProvider(Provider):
         if items is None:
             items = body.get("input")
             if isinstance(items, str):
-                return json.dumps([body.get("instructions"), items])
+                return seed_text([body.get("instructions"), items])
         if not isinstance(items, list):
             return None
         system = [m.get("content") for m in items if isinstance(m, dict) and m.get("role") in ("system", "developer")]
         first = next((m for m in items if isinstance(m, dict) and m.get("role") == "user"), None)
         if first is None:
             return None
-        return json.dumps([system[:1], body.get("instructions"), first.get("content")], default=str)
+        return seed_text([system[:1], body.get("instructions"), first.get("content")])
 
     def tool_results(self, body: dict[str, Any]) -> list[ToolResult]:
         items = body.get("messages")
