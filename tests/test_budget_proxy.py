@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import anthropic
+import openai
 import pytest
 
 from otelgate.config import key_hash, merge_into
@@ -162,6 +163,54 @@ async def test_a_derived_session_survives_prompt_caching_markers(sim: SimUpstrea
             await turn()
         assert "session limit of 3 calls" in msg(err.value)
         assert len(sim.requests) == 3
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_responses_run_continued_by_id_is_one_session(sim: SimUpstream, tmp_path: Path, stream: bool) -> None:
+    """A Responses agent that carries on with `previous_response_id` sends only the new turn (here the tool's
+    output, no user message): each turn still belongs to the run its first request began, so the cap holds."""
+    cfg = config(sqlite_url(tmp_path), {"limits": {"session": {"max_calls": 3}}})
+    async with gateway(cfg, sim, telemetry=None) as gw:
+        c = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key=KEY_A, max_retries=0,
+                               default_headers={"x-sim-fault": FIXED})
+
+        async def create(**kwargs: Any) -> str:
+            if not stream:
+                return (await c.responses.create(model=MODEL, max_output_tokens=10, **kwargs)).id
+            events = await c.responses.create(model=MODEL, max_output_tokens=10, stream=True, **kwargs)
+            ids = [e.response.id async for e in events if e.type == "response.completed"]
+            return ids[0]
+
+        try:
+            previous = await create(input="Count the files.")
+            for n in range(2):
+                output = [{"type": "function_call_output", "call_id": f"call_{n}", "output": "42"}]
+                previous = await create(input=output, previous_response_id=previous)
+            with pytest.raises(openai.RateLimitError) as err:
+                await create(input=[{"type": "function_call_output", "call_id": "call_9", "output": "42"}],
+                             previous_response_id=previous)
+            assert "session limit of 3 calls" in err.value.message
+            # A run that stores nothing (store: false) sends its whole history each turn: the opening identifies it.
+            await create(input="Something else.", store=False)
+        finally:
+            await c.close()
+        assert len(sim.requests) == 4
+
+
+async def test_a_conversations_api_id_is_the_session(sim: SimUpstream, tmp_path: Path) -> None:
+    """Responses requests that name a conversation (`conversation: "conv_…"` or `{"id": …}`) are that run."""
+    cfg = config(sqlite_url(tmp_path), {"limits": {"session": {"max_calls": 2}}})
+    async with gateway(cfg, sim, telemetry=None) as gw:
+        c = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key=KEY_A, max_retries=0,
+                               default_headers={"x-sim-fault": FIXED})
+        try:
+            await c.responses.create(model=MODEL, input="One.", conversation="conv_7")
+            await c.responses.create(model=MODEL, input="Two.", conversation={"id": "conv_7"})
+            with pytest.raises(openai.RateLimitError) as err:
+                await c.responses.create(model=MODEL, input="Three.", conversation="conv_7")
+            assert "session agent-a/conv_7" in err.value.message
+        finally:
+            await c.close()
 
 
 async def test_two_keys_naming_their_runs_alike_have_separate_sessions(sim: SimUpstream, tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ the order of the stages.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import json
 import logging
@@ -24,7 +23,7 @@ from multidict import CIMultiDict
 from otelgate.config import Settings
 from otelgate.context import Filter, RequestContext
 from otelgate.errors import GatewayError
-from otelgate.providers import PROVIDERS, Provider, Route
+from otelgate.providers import PROVIDERS, Route
 from otelgate.relay import (
     HOP_BY_HOP,
     DecodedTooLarge,
@@ -34,11 +33,11 @@ from otelgate.relay import (
     relay_stream,
     response_headers,
 )
+from otelgate.sessions import Sessions
 from otelgate.upstream import Upstream
 
 log = logging.getLogger("otelgate.pipeline")
 
-SESSION_HEADER = "x-otelgate-session"
 TIMEOUT_HEADER = "x-otelgate-timeout"
 # Headers that steer otelgate itself: consumed here, never sent to the provider.
 _OWN_PREFIX = "x-otelgate-"
@@ -77,6 +76,7 @@ class Pipeline:
             f for f in self.filters if hasattr(f, "request") and not getattr(f, "observer", False)
         ]
         self._response_hooks = [f for f in self.filters if hasattr(f, "response")]
+        self.sessions = Sessions()
         self.inflight = 0
 
     async def handle(self, request: web.Request, route: Route) -> web.StreamResponse:
@@ -120,6 +120,7 @@ class Pipeline:
             return response
         finally:
             self.inflight -= 1
+            self.sessions.remember(ctx)
             if ran:
                 # Shielded: settlement and telemetry must complete even when the agent went away.
                 await asyncio.shield(self._done(ctx, ran))
@@ -175,31 +176,8 @@ class Pipeline:
         ctx.model, ctx.stream, ctx.max_tokens = ctx.provider.parse_request(ctx.json, ctx.route)
         ctx.served_model = ctx.model
         if ctx.route.generates:
-            self._session(ctx, ctx.provider)
+            self.sessions.resolve(ctx, ctx.provider)
             ctx.tool_results = ctx.provider.tool_results(ctx.json)
-
-    def _session(self, ctx: RequestContext, provider: Provider) -> None:
-        assert ctx.json is not None
-        header = ctx.request.headers.get(SESSION_HEADER)
-        if header:
-            ctx.session_id, ctx.session_source = header[:200], "header"
-            return
-        hint = provider.session_hint(ctx.json)
-        if hint:
-            ctx.session_id, ctx.session_source = hint[:200], "metadata"
-            return
-        seed = provider.conversation_seed(ctx.json)
-        if seed:
-            # The first messages of a conversation stay the same on every turn of an agent loop. The caller's
-            # credential is part of the hash: two keys whose agents open with the same messages (one product,
-            # many customers) run different sessions, and one must not use up the other's session caps. (A
-            # one-way hash, truncated: the id reveals nothing of the key. BLAKE2b: CPython's own, without the
-            # per-call setup of OpenSSL's SHA-256, and only 8 bytes are kept anyway.)
-            headers = ctx.request.headers
-            credential = next((headers[h] for h in provider.auth_headers if h in headers), "")
-            digest = hashlib.blake2b(f"{credential}\x00{seed}".encode("utf-8", "surrogatepass"), digest_size=8)
-            ctx.session_id = "conv-" + digest.hexdigest()
-            ctx.session_source = "hash"
 
     def _upstream_headers(self, ctx: RequestContext) -> CIMultiDict[str]:
         incoming = ctx.request.headers

@@ -20,7 +20,6 @@ from otelgate.config import Settings
 from otelgate.evals.recorder import RUN_KEY, Recorder, Recording
 
 SIM_QUEUE_HEADER = "x-sim-script"  # otelgate.sim draws a request's step from this named queue
-SESSION_HEADER = "x-otelgate-session"  # consumed by the gateway, never forwarded
 
 
 @dataclass

@@ -20,9 +20,10 @@ from typing import Any
 
 from otelgate.config import Settings
 from otelgate.evals.cases import Case
-from otelgate.evals.gateway import SESSION_HEADER, SIM_QUEUE_HEADER, EvalGateway, with_upstream
+from otelgate.evals.gateway import SIM_QUEUE_HEADER, EvalGateway, with_upstream
 from otelgate.evals.judge import judge
 from otelgate.evals.recorder import CallRecord, Recording
+from otelgate.sessions import SESSION_HEADER
 from otelgate.totals import CallTotals
 
 DEFAULT_TIMEOUT = 300.0

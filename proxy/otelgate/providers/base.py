@@ -121,6 +121,15 @@ class Provider(ABC):
     def conversation_seed(self, body: dict[str, Any]) -> str | None:
         """Stable text identifying a conversation: its system prompt and first user message."""
 
+    def continues(self, body: dict[str, Any]) -> str | None:
+        """The id of an earlier response, stored upstream, that this request carries on from (OpenAI Responses
+        ``previous_response_id``): the request then holds only the new turn."""
+        return None
+
+    def continuable(self, route: Route, body: dict[str, Any]) -> bool:
+        """Whether the answer to this request can be carried on from by its id (see ``continues``)."""
+        return False
+
     @abstractmethod
     def tool_results(self, body: dict[str, Any]) -> list[ToolResult]:
         """Tool results the request brings back (the answers to the previous response's tool calls)."""

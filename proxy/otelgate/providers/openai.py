@@ -219,11 +219,25 @@ class OpenAIProvider(Provider):
             body[field] = value
 
     def session_hint(self, body: dict[str, Any]) -> str | None:
+        # Responses: a Conversations API id names the run itself ("conv_…", or {"id": "conv_…"}).
+        conversation = body.get("conversation")
+        if isinstance(conversation, dict):
+            conversation = conversation.get("id")
+        if isinstance(conversation, str) and conversation:
+            return conversation
         for field in ("user", "safety_identifier", "prompt_cache_key"):
             value = body.get(field)
             if isinstance(value, str) and value:
                 return value
         return None
+
+    def continues(self, body: dict[str, Any]) -> str | None:
+        previous = body.get("previous_response_id")
+        return previous if isinstance(previous, str) and previous else None
+
+    def continuable(self, route: Route, body: dict[str, Any]) -> bool:
+        # Responses are stored upstream unless the request says `store: false` (then nothing can continue them).
+        return route.kind == "responses" and body.get("store") is not False
 
     def conversation_seed(self, body: dict[str, Any]) -> str | None:
         items = body.get("messages")

@@ -1,0 +1,71 @@
+"""Which agent run (session) a request belongs to.
+
+In order: the ``x-otelgate-session`` header; an id the caller put in the body (Anthropic ``metadata.user_id``,
+of Claude Code's only its per-run ``session_id``; OpenAI ``conversation``, ``user``, ``safety_identifier``,
+``prompt_cache_key``); the session of the response a Responses request continues (``previous_response_id``);
+else a hash of the caller's credential and the conversation's opening (system prompt and first user message).
+
+A request that continues a stored response sends only the new items: no user message, so nothing to hash, and
+each turn would have been a session of its own, out of reach of session caps. Which session each response
+belonged to is remembered here, per process: behind a load balancer a continuation that reaches another
+replica falls back to the hash (docs/scaling.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+
+from otelgate.context import RequestContext
+from otelgate.providers import Provider
+
+SESSION_HEADER = "x-otelgate-session"
+MAX_ID_CHARS = 200
+REMEMBERED_RESPONSES = 65_536  # ~10 MB at most; an agent continues its latest response, so the newest matter
+
+
+class Sessions:
+    def __init__(self, remembered: int = REMEMBERED_RESPONSES) -> None:
+        self._by_response: OrderedDict[str, str] = OrderedDict()
+        self._remembered = remembered
+
+    def resolve(self, ctx: RequestContext, provider: Provider) -> None:
+        """Set ctx.session_id and ctx.session_source (header | metadata | previous_response | hash), or leave
+        them None when nothing identifies a run."""
+        assert ctx.json is not None
+        header = ctx.request.headers.get(SESSION_HEADER)
+        if header:
+            ctx.session_id, ctx.session_source = header[:MAX_ID_CHARS], "header"
+            return
+        hint = provider.session_hint(ctx.json)
+        if hint:
+            ctx.session_id, ctx.session_source = hint[:MAX_ID_CHARS], "metadata"
+            return
+        previous = provider.continues(ctx.json)
+        if previous is not None:
+            session = self._by_response.get(previous)
+            if session is not None:
+                ctx.session_id, ctx.session_source = session, "previous_response"
+                return
+        seed = provider.conversation_seed(ctx.json)
+        if seed:
+            # The first messages of a conversation stay the same on every turn of an agent loop. The caller's
+            # credential is part of the hash: two keys whose agents open with the same messages (one product,
+            # many customers) run different sessions, and one must not use up the other's session caps. (A
+            # one-way hash, truncated: the id reveals nothing of the key. BLAKE2b: CPython's own, without the
+            # per-call setup of OpenSSL's SHA-256, and only 8 bytes are kept anyway.)
+            headers = ctx.request.headers
+            credential = next((headers[h] for h in provider.auth_headers if h in headers), "")
+            digest = hashlib.blake2b(f"{credential}\x00{seed}".encode("utf-8", "surrogatepass"), digest_size=8)
+            ctx.session_id, ctx.session_source = "conv-" + digest.hexdigest(), "hash"
+
+    def remember(self, ctx: RequestContext) -> None:
+        """After a response: a later request continuing it (by its id) belongs to this request's session."""
+        response_id = ctx.result.response_id
+        if response_id is None or ctx.session_id is None or ctx.json is None:
+            return
+        if not ctx.provider.continuable(ctx.route, ctx.json):
+            return
+        self._by_response[response_id] = ctx.session_id
+        if len(self._by_response) > self._remembered:
+            self._by_response.popitem(last=False)
