@@ -34,6 +34,9 @@ class Env:
     workdir: Path
     sink_url: str | None = None
     redis: Redis | None = None
+    # A command the Python targets run under (bench/instructions.py: valgrind), and how long they may take to start.
+    wrapper: tuple[str, ...] = ()
+    start_timeout: float = 20.0
 
 
 @dataclass
@@ -72,8 +75,8 @@ def _forwarder(env: Env) -> Running:
             f"sys.argv = ['forwarder', '--upstream', {env.sim_url!r}, '--port', '{port}']\n"
             f"runpy.run_path({str(ROOT / 'bench' / 'forwarder.py')!r}, run_name='__main__')\n")
     log = _log(env, "forwarder")
-    proc = spawn([sys.executable, "-c", code], env.proxy_cores, log=log)
-    wait_port(port, proc=proc)
+    proc = spawn([*env.wrapper, sys.executable, "-c", code], env.proxy_cores, log=log)
+    wait_port(port, timeout=env.start_timeout, proc=proc)
     return Running(proc, f"http://127.0.0.1:{port}", log)
 
 
@@ -122,9 +125,9 @@ def _otelgate(workers: int, full: bool, store: str = "sqlite", screening: bool =
         # Nothing from the caller's environment may change what is measured.
         clean = {k: "" for k in os.environ if k.startswith(("OTELGATE_", "OTEL_"))}
         log = _log(env, name)
-        proc = spawn([sys.executable, "-m", "otelgate", "serve", "--config", str(path)], env.proxy_cores,
-                     env={**clean, **extra_env}, log=log, cwd=env.workdir)
-        wait_port(port, proc=proc)
+        proc = spawn([*env.wrapper, sys.executable, "-m", "otelgate", "serve", "--config", str(path)],
+                     env.proxy_cores, env={**clean, **extra_env}, log=log, cwd=env.workdir)
+        wait_port(port, timeout=env.start_timeout, proc=proc)
         return Running(proc, f"http://127.0.0.1:{port}", log)
 
     return start
