@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import itertools
 import json
 import shutil
 import subprocess
@@ -27,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench._util import BODY, HEADERS, Redis, free_port, spawn, stop, wait_port
 from bench.peers.targets import TARGETS, Env
@@ -35,13 +37,20 @@ PYTHON_TARGETS = ["forwarder", "otelgate-bare", "otelgate-min", "otelgate-full-s
 DEFAULT = "forwarder,otelgate-bare,otelgate-min,otelgate-full-sqlite"
 
 
-def count(url: str, pid: int, body: bytes, warmup: int, requests: int, out_dir: Path) -> float:
+def count(url: str, pid: int, body: dict[str, Any], unique: bool, warmup: int, requests: int, out_dir: Path) -> float:
     """Instructions per request of process `pid` (started under callgrind with instrumentation off)."""
     host, port = url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=120)
+    fixed = json.dumps(body).encode()
+    numbers = itertools.count()
 
     def one() -> None:
-        conn.request("POST", "/v1/messages", body=body, headers=HEADERS)
+        if unique:  # a prompt no cache has seen: screening's verdict cache cannot answer for it
+            text = f"{body['messages'][0]['content']} (request {next(numbers)})"
+            payload = json.dumps({**body, "messages": [{"role": "user", "content": text}]}).encode()
+        else:
+            payload = fixed
+        conn.request("POST", "/v1/messages", body=payload, headers=HEADERS)
         response = conn.getresponse()
         data = response.read()
         if response.status != 200:
@@ -81,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=500, help="counted requests per target and mode")
     parser.add_argument("--warmup", type=int, default=300, help="requests before counting starts")
     parser.add_argument("--modes", default="non-streaming,streaming")
+    parser.add_argument("--unique", action="store_true",
+                        help="a different prompt each request (real traffic), not the same one (cache hits)")
     args = parser.parse_args(argv)
     if not shutil.which("valgrind"):
         sys.exit("valgrind is needed: apt-get install valgrind")
@@ -104,12 +115,13 @@ def main(argv: list[str] | None = None) -> int:
         env = Env(f"http://127.0.0.1:{sim_port}", None, None, workdir, f"http://127.0.0.1:{sink_port}", redis,
                   wrapper=wrapper, start_timeout=180.0)
         for mode in args.modes.split(","):
-            body = json.dumps({**BODY, "stream": mode == "streaming"}).encode()
+            body = {**BODY, "stream": mode == "streaming"}
             for name in names:
                 running = TARGETS[name].start(env)
                 assert running.proc is not None
                 try:
-                    per_request = count(running.url, running.proc.pid, body, args.warmup, args.requests, workdir)
+                    per_request = count(running.url, running.proc.pid, body, args.unique, args.warmup,
+                                        args.requests, workdir)
                 finally:
                     stop(running.proc)
                 rows.append((mode, name, per_request))
@@ -120,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         for proc in reversed(background):
             stop(proc)
         shutil.rmtree(workdir, ignore_errors=True)
-    print(f"\n{args.requests} requests per row after {args.warmup} warm-up, one at a time, 200-character prompt\n")
+    prompt = "a different 220-character prompt each" if args.unique else "the same 200-character prompt every"
+    print(f"\n{args.requests} requests per row after {args.warmup} warm-up, one at a time, {prompt} time\n")
     print("| mode | target | k instructions / request | × forwarder |\n|---|---|---|---|")
     for mode, name, value in rows:
         base = next((v for m, n, v in rows if m == mode and n == "forwarder"), None)
