@@ -117,8 +117,10 @@ def measure_together(names: list[str], env: Env, args: argparse.Namespace, probl
                 running.pop(name, None)
         urls = {name: r.url + "/v1/messages" for name, r in running.items()}
         for mode, body in modes(args.body).items():
-            asyncio.run(interleaved(urls, body, HEADERS, max(5, args.together_rounds // 10), args.together_gap))
-            result = asyncio.run(interleaved(urls, body, HEADERS, args.together_rounds, args.together_gap))
+            asyncio.run(interleaved(urls, body, HEADERS, max(5, args.together_rounds // 10), args.together_gap,
+                                    unique=args.unique))
+            result = asyncio.run(interleaved(urls, body, HEADERS, args.together_rounds, args.together_gap,
+                                             unique=args.unique))
             stream = bool(body.get("stream"))
             for name in urls:
                 lat = result[name]
@@ -149,11 +151,11 @@ def measure(name: str, running: Running, args: argparse.Namespace) -> list[Row]:
     rows = []
     url = running.url + "/v1/messages"
     for mode, body in modes(args.body).items():
-        wrk(url, body, args.warmup, args.connections, HEADERS, args.load_cores)
+        wrk(url, body, args.warmup, args.connections, HEADERS, args.load_cores, unique=args.unique)
         before = cpu_seconds(running.pid) if running.pid else 0.0
         profile = args.profile / f"{name}-{mode}.txt" if args.profile and running.pid else None
         profiler = py_spy(running.pid, args.seconds, profile, args.load_cores) if profile and running.pid else None
-        result = wrk(url, body, args.seconds, args.connections, HEADERS, args.load_cores)
+        result = wrk(url, body, args.seconds, args.connections, HEADERS, args.load_cores, unique=args.unique)
         if profiler and profile:
             profiler.wait(60)
             if profile.exists():
@@ -162,7 +164,7 @@ def measure(name: str, running: Running, args: argparse.Namespace) -> list[Row]:
         # A moderate rate for this target: the fixed --rate, or half its saturation if that is lower (at or past
         # saturation the latency is queueing, not the proxy's cost).
         rate = min(args.rate, max(1.0, result.rps / 2))
-        lat = asyncio.run(paced(url, body, HEADERS, rate, args.paced_seconds))
+        lat = asyncio.run(paced(url, body, HEADERS, rate, args.paced_seconds, unique=args.unique))
         stream = bool(body.get("stream"))
         row = Row(mode, name, result.rps, result.total, result.errors, cpu_ms, rate, lat.p50, lat.p99,
                   lat.ttft_p50 if stream else None, lat.ttft_p99 if stream else None, lat.failures,
@@ -337,6 +339,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--chunks", type=int, default=50, help="text deltas per simulated stream")
     parser.add_argument("--body", choices=("small", "agent"), default="small",
                         help="request body: a short prompt (default) or a ~60 KB agent turn with tool history")
+    parser.add_argument("--same-prompt", dest="unique", action="store_false",
+                        help="send the very same body every time, as runs before 2026-11-26 13:00 did (otelgate's "
+                             "screening cache then answers for every request); by default each request's last "
+                             "message ends differently, like real traffic")
     parser.add_argument("--soak", type=int, help="requests in the RSS/fd soak (default 100000; 0 = none)")
     parser.add_argument("--soak-target", default="otelgate-full-redis")
     parser.add_argument("--soak-concurrency", type=int, default=32)
@@ -434,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
                 smoke(running.url)
                 assert running.pid is not None
                 soak_result = asyncio.run(soak(running.url + "/v1/messages", HEADERS, running.pid, args.soak,
-                                               max(1, args.soak // 20), args.soak_concurrency))
+                                               max(1, args.soak // 20), args.soak_concurrency, unique=args.unique))
             except Exception as exc:
                 problems.append(f"soak {args.soak_target}: {type(exc).__name__}: {exc}")
                 print(f"  FAILED: {problems[-1]}", flush=True)

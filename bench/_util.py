@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -33,6 +34,42 @@ MODEL = "claude-bench"
 BODY: dict[str, Any] = {"model": MODEL, "max_tokens": 256,
                         "messages": [{"role": "user", "content": "Say hello " * 20}]}
 HEADERS = {"content-type": "application/json", "x-api-key": "sk-bench", "anthropic-version": "2023-06-01"}
+_MARK = "@@REQUEST@@"
+
+
+class Payloads:
+    """Request bodies for one body shape. With ``unique`` every request's last message ends differently
+    ("(request 17)"), as every turn of real traffic does: a gateway that caches per text (screening verdicts) then
+    pays for each request as it would in production. The same bytes every time let such a cache answer for all."""
+
+    def __init__(self, body: dict[str, Any], unique: bool) -> None:
+        self.unique = unique
+        self.fixed = json.dumps(body).encode()
+        marked = json.dumps(_with_last_text(body, f" (request {_MARK})"))
+        self.prefix, _, self.suffix = marked.partition(_MARK)
+        self._numbers = itertools.count()
+
+    def next(self) -> bytes:
+        if not self.unique:
+            return self.fixed
+        return f"{self.prefix}{next(self._numbers)}{self.suffix}".encode()
+
+    def wrk_lua(self) -> str:
+        """The same bodies from wrk: a request() that counts (wrk's Lua makes them on the load generator's core)."""
+        if not self.unique:
+            return f"wrk.body = {json.dumps(self.fixed.decode())}\n"
+        return (f"local prefix, suffix, n = {json.dumps(self.prefix)}, {json.dumps(self.suffix)}, 0\n"
+                "request = function()\n  n = n + 1\n  return wrk.format(nil, nil, nil, prefix .. n .. suffix)\nend\n")
+
+
+def _with_last_text(body: dict[str, Any], extra: str) -> dict[str, Any]:
+    messages = [dict(m) for m in body["messages"]]
+    last = messages[-1]
+    if isinstance(last["content"], str):
+        last["content"] += extra
+    else:
+        last["content"] = [*last["content"], {"type": "text", "text": extra.strip()}]
+    return {**body, "messages": messages}
 
 
 def agent_turn_body(rounds: int = 20, result_chars: int = 2500) -> dict[str, Any]:
@@ -181,10 +218,10 @@ class WrkResult:
 
 
 def wrk(url: str, body: dict[str, Any], seconds: float, connections: int, headers: dict[str, str],
-        cores: str | None) -> WrkResult:
+        cores: str | None, *, unique: bool = False) -> WrkResult:
     headers_lua = "".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}\n" for k, v in headers.items())
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(body))}\n{headers_lua}')
+        script.write(f'wrk.method = "POST"\n{headers_lua}{Payloads(body, unique).wrk_lua()}')
     try:
         out = subprocess.run(
             [*pinned(cores), "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
@@ -269,15 +306,16 @@ async def timed(http: aiohttp.ClientSession, url: str, payload: bytes, headers: 
     return True
 
 
-async def paced(url: str, body: dict[str, Any], headers: dict[str, str], rate: float, seconds: float) -> Paced:
+async def paced(url: str, body: dict[str, Any], headers: dict[str, str], rate: float, seconds: float, *,
+                unique: bool = False) -> Paced:
     """Requests started at a fixed rate (open loop, so latency is not hidden by back-pressure). For streams,
     time to first token is the time until the first content_block_delta event arrives."""
     result = Paced([], [], 0)
     stream = bool(body.get("stream"))
-    payload = json.dumps(body).encode()
+    payloads = Payloads(body, unique)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         async def one() -> None:
-            await timed(http, url, payload, headers, stream, result)
+            await timed(http, url, payloads.next(), headers, stream, result)
 
         tasks = []
         start = time.perf_counter()
@@ -291,7 +329,7 @@ async def paced(url: str, body: dict[str, Any], headers: dict[str, str], rate: f
 
 
 async def interleaved(urls: dict[str, str], body: dict[str, Any], headers: dict[str, str], rounds: int,
-                      gap: float) -> dict[str, Paced]:
+                      gap: float, *, unique: bool = False) -> dict[str, Paced]:
     """Latency of several targets measured together: one request at a time, the targets in turn (the order rotated
     every round), `gap` seconds between requests. Whatever the machine does meanwhile — a busy neighbour, a core
     waking from sleep — falls on every target alike, and no request ever queues behind another, so the difference
@@ -299,14 +337,14 @@ async def interleaved(urls: dict[str, str], body: dict[str, Any], headers: dict[
     window, the same targets' added latency moved by 2-3x between runs on this machine.)"""
     out = {name: Paced([], [], 0) for name in urls}
     stream = bool(body.get("stream"))
-    payload = json.dumps(body).encode()
+    payloads = Payloads(body, unique)
     names = list(urls)
     sessions = {name: aiohttp.ClientSession() for name in names}
     try:
         for n in range(rounds):
             for i in range(len(names)):
                 name = names[(n + i) % len(names)]
-                if await timed(sessions[name], urls[name], payload, headers, stream, out[name]):
+                if await timed(sessions[name], urls[name], payloads.next(), headers, stream, out[name]):
                     await asyncio.sleep(gap)
     finally:
         for session in sessions.values():
@@ -328,11 +366,12 @@ class Soak:
     failures: int = 0
 
 
-async def soak(url: str, headers: dict[str, str], pid: int, total: int, every: int, concurrency: int) -> Soak:
+async def soak(url: str, headers: dict[str, str], pid: int, total: int, every: int, concurrency: int, *,
+               unique: bool = False) -> Soak:
     """`total` requests (alternating non-streaming and streaming) from `concurrency` closed-loop clients; RSS and
     open fds of the target's process tree sampled every `every` completed requests."""
     out = Soak()
-    bodies = [json.dumps(BODY).encode(), json.dumps({**BODY, "stream": True}).encode()]
+    bodies = [Payloads(BODY, unique), Payloads({**BODY, "stream": True}, unique)]
     issued = done = 0
     started = time.perf_counter()
     out.samples.append(Sample(0, rss_mb(pid), open_fds(pid), 0.0))
@@ -343,7 +382,7 @@ async def soak(url: str, headers: dict[str, str], pid: int, total: int, every: i
                 n = issued
                 issued += 1
                 try:
-                    async with http.post(url, data=bodies[n % 2], headers=headers) as response:
+                    async with http.post(url, data=bodies[n % 2].next(), headers=headers) as response:
                         await response.read()
                         if response.status != 200:
                             out.failures += 1
