@@ -654,6 +654,15 @@ class Screener:
                     steps.append(_Plan(pattern, fast, "words", hs, self._index.closure(hs), needs))
             plans.append((rule, None if gate is None else self._index.closure(gate), tuple(steps)))
         self._plans = tuple([p for p in plans if p[1] is not None] + [p for p in plans if p[1] is None])
+        # The gates inverted: for each index item, the plans its presence lets run. A scan then visits only the
+        # plans some found item opens (and those without keywords), not every plan to test its gate (~8 µs of a
+        # 220-character scan with 106 rules). Same plans, same order: exactly what testing each gate gives.
+        opened: dict[str, list[int]] = {}
+        for number, (_rule, gate, _steps) in enumerate(self._plans):
+            for item in gate or ():
+                opened.setdefault(item, []).append(number)
+        self._opened = {item: tuple(numbers) for item, numbers in opened.items()}
+        self._ungated = tuple(n for n, (_r, gate, _s) in enumerate(self._plans) if gate is None)
 
     @classmethod
     def from_packs(cls, packs: Sequence[str] = ("builtin",), threshold: float = 0.5, *, use_model: bool = True,
@@ -673,9 +682,15 @@ class Screener:
         # around the rule's keywords, which keeps a 4 KB message within the latency budget.
         windowed = len(words) > _WINDOW_MIN_CHARS
         hits: list[Rule] = []
-        for rule, gate, steps in self._plans:
-            if gate is not None and gate.isdisjoint(found):
-                continue
+        opened = self._opened
+        numbers = set(self._ungated)
+        for item in found:
+            more = opened.get(item)
+            if more is not None:
+                numbers.update(more)
+        plans = self._plans
+        for number in sorted(numbers):
+            rule, gate, steps = plans[number]
             spans: list[tuple[int, int]] | None = None
             for step in steps:
                 kind = step.kind
