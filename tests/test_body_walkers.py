@@ -37,6 +37,7 @@ KEYS = st.sampled_from([
     "tool_choice", "messages", "system", "instructions", "metadata", "user_id", "user", "model", "stream",
     "max_tokens", "usage", "input_tokens", "output_tokens", "choices", "message", "tool_calls", "delta",
     "stop_reason", "finish_reason", "detail", "url", "title", "context", "citations", "cache_control",
+    "conversation", "previous_response_id", "store", "prompt_cache_key", "safety_identifier",
 ]) | st.text(max_size=6)
 VALUES = st.sampled_from([
     "text", "image", "image_url", "input_image", "tool_use", "tool_result", "document", "function", "user",
@@ -88,6 +89,8 @@ def test_request_walkers_take_any_json_the_adapter_accepts(body: dict[str, Any])
         estimate_input_tokens(data)
         requested_max_output_tokens(data)
         provider.session_hint(data)
+        provider.continues(data)
+        provider.continuable(route, data)
         provider.conversation_seed(data)
         provider.tool_results(data)
         for view in (data, new_part(data)):
