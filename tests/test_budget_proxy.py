@@ -141,6 +141,36 @@ async def test_a_derived_session_belongs_to_its_key(sim: SimUpstream, tmp_path: 
         assert len(sim.requests) == 4
 
 
+@pytest.mark.parametrize("asks_for_usage", [False, True])
+async def test_a_streamed_chat_completion_is_charged_what_it_used(sim: SimUpstream, tmp_path: Path,
+                                                                  asks_for_usage: bool) -> None:
+    """A Chat Completions stream reports usage only if the request sets stream_options.include_usage, which most
+    agents do not. The gateway asks for it, so the call is charged its real usage ($0.015) instead of the reserved
+    worst case (~$1 for max_tokens 1000), and takes the added usage chunk out: the agent gets what it asked for."""
+    cfg = config(sqlite_url(tmp_path), {"budgets": [{"window": "day", "usd": 100.0}]})
+    async with gateway(cfg, sim, telemetry=None) as gw:
+        c = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key=KEY_A, max_retries=0,
+                               default_headers={"x-sim-fault": FIXED, "accept-encoding": "gzip"})
+        extra: dict[str, Any] = {"stream_options": {"include_usage": True}} if asks_for_usage else {}
+        try:
+            stream = await c.chat.completions.create(model=MODEL, max_tokens=1000, stream=True,
+                                                     messages=[{"role": "user", "content": "Count to five."}], **extra)
+            chunks = [chunk async for chunk in stream]
+        finally:
+            await c.close()
+        text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+        assert text == "one two three four five"
+        assert sim.requests[-1].json()["stream_options"] == {"include_usage": True}
+        usage_chunks = [ch for ch in chunks if ch.usage is not None]
+        if asks_for_usage:
+            assert [ch.choices for ch in usage_chunks] == [[]]
+            assert usage_chunks[0].usage.completion_tokens == 5  # type: ignore[union-attr]
+        else:
+            assert usage_chunks == [] and all(ch.choices for ch in chunks)
+        spent = row(await usage_rows(gw, scope="key", id="agent-a"), "key", "agent-a", "usd")
+        assert spent["spent"] == pytest.approx(0.015) and spent["reserved"] == 0
+
+
 async def test_a_derived_session_survives_prompt_caching_markers(sim: SimUpstream, tmp_path: Path) -> None:
     """An agent loop that marks its newest message for prompt caching (the SDKs' documented pattern) moves
     `cache_control` off the first user message after turn one. The loop is still one session: its cap holds."""

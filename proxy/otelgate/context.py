@@ -122,12 +122,15 @@ class RequestContext:
     json: dict[str, Any] | None = None
     body_modified: bool = False  # a policy rewrote `json`: re-serialise before sending
     body_decoded: bool = False  # the agent compressed the body; `body` is decoded and goes upstream decoded
+    # The gateway asked the upstream to report a stream's usage, which the agent did not ask for: the relay takes
+    # that extra event out again (Provider.ask_stream_usage / strip_added_usage).
+    added_stream_usage: bool = False
     request_id: str = ""
     start_ns: int = field(default_factory=time.time_ns)
     start_monotonic: float = field(default_factory=time.monotonic)
     principal: Principal | None = None
     session_id: str | None = None
-    session_source: str | None = None  # header | metadata | hash
+    session_source: str | None = None  # header | metadata | previous_response | hash
     model: str | None = None
     served_model: str | None = None  # differs from `model` when a fallback served
     fallback: str | None = None

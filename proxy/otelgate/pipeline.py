@@ -175,6 +175,8 @@ class Pipeline:
             )
         ctx.model, ctx.stream, ctx.max_tokens = ctx.provider.parse_request(ctx.json, ctx.route)
         ctx.served_model = ctx.model
+        if ctx.stream and ctx.route.generates and ctx.provider.ask_stream_usage(ctx.json, ctx.route):
+            ctx.body_modified = ctx.added_stream_usage = True
         if ctx.route.generates:
             self.sessions.resolve(ctx, ctx.provider)
             ctx.tool_results = ctx.provider.tool_results(ctx.json)
@@ -195,6 +197,8 @@ class Pipeline:
             if lower == "content-encoding" and ctx.body_decoded:
                 continue
             if lower == "accept-encoding":
+                if ctx.added_stream_usage:
+                    continue  # a plain stream, so that the relay can take out the usage event it added
                 value = _readable_encodings(value)
                 if not value:
                     continue

@@ -184,6 +184,7 @@ async def _relay(
     pending = b""
     agent_at_boundary = True
     guard = ctx.stream_guard
+    strip_usage = ctx.added_stream_usage
     calls = ctx.result.tool_calls
     judged = 0  # tool calls the guard has seen
     unnamed = False  # a call seen before its name: asked again until every call has one
@@ -212,7 +213,11 @@ async def _relay(
                     end = _events_end(data)
                     pending = data[end:]
                     if end:
-                        await response.write(data[:end] if pending else data)
+                        events = data[:end] if pending else data
+                        if strip_usage:
+                            events = ctx.provider.strip_added_usage(events)
+                        if events:
+                            await response.write(events)
                     continue
                 await response.write(chunk)
                 agent_at_boundary = decoder is not None and parser.at_boundary

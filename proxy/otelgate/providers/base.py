@@ -121,6 +121,16 @@ class Provider(ABC):
     def conversation_seed(self, body: dict[str, Any]) -> str | None:
         """Stable text identifying a conversation: its system prompt and first user message."""
 
+    def ask_stream_usage(self, body: dict[str, Any], route: Route) -> bool:
+        """For a streamed request whose API reports usage only when asked: ask for it in ``body`` (so budgets charge
+        what was used, not the reserved worst case) and return True; the relay then takes the extra event out
+        with ``strip_added_usage``. False when the stream reports its usage anyway."""
+        return False
+
+    def strip_added_usage(self, events: bytes) -> bytes:
+        """Whole SSE events, without the usage event that ``ask_stream_usage`` made the upstream add."""
+        return events
+
     def continues(self, body: dict[str, Any]) -> str | None:
         """The id of an earlier response, stored upstream, that this request carries on from (OpenAI Responses
         ``previous_response_id``): the request then holds only the new turn."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -231,6 +232,31 @@ class OpenAIProvider(Provider):
                 return value
         return None
 
+    def ask_stream_usage(self, body: dict[str, Any], route: Route) -> bool:
+        # A Chat Completions stream carries usage only with stream_options.include_usage (the Responses API's
+        # response.completed always has it). Most agents and SDK calls do not ask.
+        if route.kind != "chat_completions":
+            return False
+        options = body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage") is True:
+            return False
+        body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+        return True
+
+    def strip_added_usage(self, events: bytes) -> bytes:
+        if b'"usage"' not in events:
+            return events
+        kept: list[bytes] = []
+        start = 0
+        for event in _SSE_EVENT_RE.finditer(events):
+            if _usage_only_chunk(event[0]):
+                kept.append(events[start:event.start()])
+                start = event.end()
+        if not kept:
+            return events  # nothing taken out: the very same bytes
+        kept.append(events[start:])
+        return b"".join(kept)
+
     def continues(self, body: dict[str, Any]) -> str | None:
         previous = body.get("previous_response_id")
         return previous if isinstance(previous, str) and previous else None
@@ -389,3 +415,19 @@ class OpenAIProvider(Provider):
         error_type, code = _ERROR_TYPES[kind]
         payload = json.dumps({"error": {"message": message, "type": error_type, "param": None, "code": code}})
         return f"data: {payload}\n\n".encode()
+
+
+# One whole SSE event with the blank line that ends it (LF or CRLF line ends).
+_SSE_EVENT_RE = re.compile(rb".*?\n\r?\n", re.S)
+
+
+def _usage_only_chunk(event: bytes) -> bool:
+    """The chunk include_usage adds before [DONE]: usage, and an empty `choices`."""
+    if b'"usage"' not in event:
+        return False
+    data = b"".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(payload, dict) and payload.get("choices") == [] and bool(payload.get("usage"))
