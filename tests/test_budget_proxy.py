@@ -171,6 +171,24 @@ async def test_a_streamed_chat_completion_is_charged_what_it_used(sim: SimUpstre
         assert spent["spent"] == pytest.approx(0.015) and spent["reserved"] == 0
 
 
+async def test_stream_usage_can_be_left_unasked_for_upstreams_that_refuse_it(sim: SimUpstream, tmp_path: Path) -> None:
+    """`upstreams.openai.stream_usage: false` sends the agent's body as it came (for OpenAI-compatible servers that
+    refuse stream_options): usage stays unknown and the call is charged its reserved worst case."""
+    cfg = config(sqlite_url(tmp_path), {"budgets": [{"window": "day", "usd": 100.0}]},
+                 upstreams={"openai": {"stream_usage": False}})
+    body = {"model": MODEL, "max_tokens": 1000, "stream": True, "messages": [{"role": "user", "content": "Hi."}]}
+    async with gateway(cfg, sim, telemetry=None) as gw:
+        async with aiohttp.ClientSession() as http, http.post(
+            f"{gw.url}/v1/chat/completions", json=body,
+            headers={"authorization": f"Bearer {KEY_A}", "x-sim-fault": FIXED},
+        ) as response:
+            assert response.status == 200
+            await response.read()
+        assert sim.requests[-1].body == json.dumps(body).encode()  # forwarded byte for byte
+        spent = row(await usage_rows(gw, scope="key", id="agent-a"), "key", "agent-a", "usd")
+        assert spent["spent"] > 0.5  # the worst case at max_tokens 1000, not the $0.015 used
+
+
 async def test_a_derived_session_survives_prompt_caching_markers(sim: SimUpstream, tmp_path: Path) -> None:
     """An agent loop that marks its newest message for prompt caching (the SDKs' documented pattern) moves
     `cache_control` off the first user message after turn one. The loop is still one session: its cap holds."""

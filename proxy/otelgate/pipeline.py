@@ -175,7 +175,8 @@ class Pipeline:
             )
         ctx.model, ctx.stream, ctx.max_tokens = ctx.provider.parse_request(ctx.json, ctx.route)
         ctx.served_model = ctx.model
-        if ctx.stream and ctx.route.generates and ctx.provider.ask_stream_usage(ctx.json, ctx.route):
+        if (ctx.stream and ctx.route.generates and getattr(upstream.config, "stream_usage", False)
+                and ctx.provider.ask_stream_usage(ctx.json, ctx.route)):
             ctx.body_modified = ctx.added_stream_usage = True
         if ctx.route.generates:
             self.sessions.resolve(ctx, ctx.provider)
