@@ -189,6 +189,28 @@ async def test_stream_usage_can_be_left_unasked_for_upstreams_that_refuse_it(sim
         assert spent["spent"] > 0.5  # the worst case at max_tokens 1000, not the $0.015 used
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_one_hour_cache_writes_are_charged_at_their_own_rate(sim: SimUpstream, tmp_path: Path,
+                                                                   stream: bool) -> None:
+    """Anthropic bills a one-hour cache write at 2x input and a five-minute one at 1.25x; usage.cache_creation says
+    how many of the written tokens were which. 10 input + 5 output + 1 000 written (600 of them for an hour) at
+    $1 000 / $1 000 / $1 250 / $2 000 per million: $0.015 + $0.5 + $1.2 = $1.715."""
+    answer = json.dumps({"text": "cached", "usage": {"input_tokens": 10, "output_tokens": 5,
+                                                    "cache_creation_input_tokens": 1000,
+                                                    "cache_creation_1h_input_tokens": 600}})
+    cfg = config(sqlite_url(tmp_path), {"budgets": [{"window": "day", "usd": 100.0}]})
+    async with gateway(cfg, sim, telemetry=None) as gw:
+        c = client(gw, **{"x-sim-fault": answer})
+        if stream:
+            async with c.messages.stream(model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "hi"}]) as s:
+                final = await s.get_final_message()
+        else:
+            final = await ask(c)
+        assert final.usage.cache_creation is not None and final.usage.cache_creation.ephemeral_1h_input_tokens == 600
+        spent = row(await usage_rows(gw, scope="key", id="agent-a"), "key", "agent-a", "usd")
+        assert spent["spent"] == pytest.approx(1.715)
+
+
 async def test_a_derived_session_survives_prompt_caching_markers(sim: SimUpstream, tmp_path: Path) -> None:
     """An agent loop that marks its newest message for prompt caching (the SDKs' documented pattern) moves
     `cache_control` off the first user message after turn one. The loop is still one session: its cap holds."""

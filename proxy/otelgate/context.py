@@ -32,6 +32,7 @@ class Usage:
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0  # of cache_write_tokens, those written for one hour (Anthropic; billed higher)
     known: bool = False  # False until the provider told us anything
 
     @property

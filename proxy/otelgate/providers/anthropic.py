@@ -51,6 +51,11 @@ def _apply_usage(result: Result, usage: dict[str, Any] | None) -> None:
     u.output_tokens = max(u.output_tokens, json_int(usage.get("output_tokens")))
     u.cache_read_tokens = max(u.cache_read_tokens, json_int(usage.get("cache_read_input_tokens")))
     u.cache_write_tokens = max(u.cache_write_tokens, json_int(usage.get("cache_creation_input_tokens")))
+    # The split by time to live: a one-hour write costs 2x input, a five-minute one 1.25x.
+    by_ttl = usage.get("cache_creation")
+    if isinstance(by_ttl, dict):
+        hour = json_int(by_ttl.get("ephemeral_1h_input_tokens"))
+        u.cache_write_1h_tokens = min(max(u.cache_write_1h_tokens, hour), u.cache_write_tokens)
     u.known = True
 
 

@@ -44,6 +44,7 @@ class Usage:
     output_tokens: int
     cache_read_input_tokens: int = 0
     cache_creation_input_tokens: int = 0
+    cache_creation_1h_input_tokens: int = 0  # of cache_creation_input_tokens, those written for one hour
 
     @property
     def openai_prompt_tokens(self) -> int:
@@ -150,6 +151,7 @@ def build_reply(step: Step | None, body: dict[str, Any], api: Api, default_chunk
         output_tokens=scripted.get("output_tokens", max(1, out_tokens)),
         cache_read_input_tokens=scripted.get("cache_read_input_tokens", 0),
         cache_creation_input_tokens=scripted.get("cache_creation_input_tokens", 0),
+        cache_creation_1h_input_tokens=scripted.get("cache_creation_1h_input_tokens", 0),
     )
     chunks = (step.chunks if step and step.chunks else None) or default_chunks
     return Reply(model=model, text=text, tool_calls=tool_calls, stop_reason=stop_reason, usage=usage,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .answers import Reply, b62_id, split
+from .answers import Reply, Usage, b62_id, split
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
                403: "permission_error", 404: "not_found_error", 408: "timeout_error", 409: "conflict_error",
@@ -89,8 +89,14 @@ def validate(body: Any, *, count_tokens: bool = False) -> str | None:
 def _usage(reply: Reply, output_tokens: int) -> dict[str, Any]:
     u = reply.usage
     return {"input_tokens": u.input_tokens, "cache_creation_input_tokens": u.cache_creation_input_tokens,
-            "cache_read_input_tokens": u.cache_read_input_tokens, "output_tokens": output_tokens,
-            "service_tier": "standard"}
+            "cache_read_input_tokens": u.cache_read_input_tokens, "cache_creation": _cache_creation(u),
+            "output_tokens": output_tokens, "service_tier": "standard"}
+
+
+def _cache_creation(u: Usage) -> dict[str, int]:
+    """The split of the cache writes by time to live, as the API reports it beside their total."""
+    hour = min(u.cache_creation_1h_input_tokens, u.cache_creation_input_tokens)
+    return {"ephemeral_5m_input_tokens": u.cache_creation_input_tokens - hour, "ephemeral_1h_input_tokens": hour}
 
 
 def _content(reply: Reply) -> list[dict[str, Any]]:
@@ -144,7 +150,8 @@ def events(reply: Reply, msg_id: str) -> list[bytes]:
     out.append(_event("message_delta", {
         "type": "message_delta", "delta": {"stop_reason": reply.stop_reason, "stop_sequence": None},
         "usage": {"input_tokens": u.input_tokens, "cache_creation_input_tokens": u.cache_creation_input_tokens,
-                  "cache_read_input_tokens": u.cache_read_input_tokens, "output_tokens": u.output_tokens}}))
+                  "cache_read_input_tokens": u.cache_read_input_tokens, "cache_creation": _cache_creation(u),
+                  "output_tokens": u.output_tokens}}))
     out.append(b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
     return out
 
