@@ -48,6 +48,8 @@ Answer steps::
 Anthropic vocabulary (``end_turn``, ``max_tokens``, ``tool_use``, ``stop_sequence``, ``refusal``, …; OpenAI's
 ``stop``/``length``/``tool_calls``/``content_filter`` are accepted as aliases) and is mapped per API. ``usage`` is in
 Anthropic terms; OpenAI sees ``prompt_tokens = input + cache_read + cache_creation``, ``cached_tokens = cache_read``.
+``cache_creation_1h_input_tokens`` says how many of the written tokens were for one hour (Anthropic's
+``usage.cache_creation`` split; the rest are five-minute writes).
 ``chunks`` is the number of text deltas a streamed text is split into; ``delay`` is seconds before the headers.
 
 Error steps (answered in the provider's own error shape, with the given headers)::
