@@ -16,7 +16,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from otelgate.budgets.estimate import estimate_input_tokens, requested_max_output_tokens
+from otelgate.budgets.estimate import estimate_input_tokens, max_output_tokens, requested_max_output_tokens
 from otelgate.context import Result
 from otelgate.errors import GatewayError
 from otelgate.filters.screening import new_part
@@ -37,7 +37,8 @@ KEYS = st.sampled_from([
     "tool_choice", "messages", "system", "instructions", "metadata", "user_id", "user", "model", "stream",
     "max_tokens", "usage", "input_tokens", "output_tokens", "choices", "message", "tool_calls", "delta",
     "stop_reason", "finish_reason", "detail", "url", "title", "context", "citations", "cache_control",
-    "conversation", "previous_response_id", "store", "prompt_cache_key", "safety_identifier",
+    "conversation", "previous_response_id", "store", "prompt_cache_key", "safety_identifier", "n",
+    "stream_options",
 ]) | st.text(max_size=6)
 VALUES = st.sampled_from([
     "text", "image", "image_url", "input_image", "tool_use", "tool_result", "document", "function", "user",
@@ -88,6 +89,8 @@ def test_request_walkers_take_any_json_the_adapter_accepts(body: dict[str, Any])
             continue
         estimate_input_tokens(data)
         requested_max_output_tokens(data)
+        max_output_tokens(data)
+        provider.ask_stream_usage(copy.deepcopy(data), route)
         provider.session_hint(data)
         provider.continues(data)
         provider.continuable(route, data)

@@ -211,6 +211,24 @@ async def test_one_hour_cache_writes_are_charged_at_their_own_rate(sim: SimUpstr
         assert spent["spent"] == pytest.approx(1.715)
 
 
+async def test_a_chat_request_for_several_completions_reserves_each_of_them(sim: SimUpstream, tmp_path: Path) -> None:
+    """`n: 3` can produce three completions of max_tokens each: the worst case held against the budget is three
+    times the output cap, or the budget could be overspent beyond its documented bound."""
+    cfg = config(sqlite_url(tmp_path), {"budgets": [{"window": "day", "usd": 0.2}]})
+    async with gateway(cfg, sim, telemetry=None) as gw:
+        c = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key=KEY_A, max_retries=0,
+                               default_headers={"x-sim-fault": FIXED})
+        messages = [{"role": "user", "content": "Name a colour."}]
+        try:
+            await c.chat.completions.create(model=MODEL, max_tokens=100, messages=messages)  # worst case ~$0.11
+            with pytest.raises(openai.RateLimitError) as err:
+                await c.chat.completions.create(model=MODEL, max_tokens=100, n=3, messages=messages)  # ~$0.31
+        finally:
+            await c.close()
+        assert "budget" in err.value.message
+        assert len(sim.requests) == 1
+
+
 async def test_a_derived_session_survives_prompt_caching_markers(sim: SimUpstream, tmp_path: Path) -> None:
     """An agent loop that marks its newest message for prompt caching (the SDKs' documented pattern) moves
     `cache_control` off the first user message after turn one. The loop is still one session: its cap holds."""

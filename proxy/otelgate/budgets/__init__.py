@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from .alerts import AlertEvent, BudgetAlerter
-from .estimate import estimate_input_tokens, requested_max_output_tokens
+from .estimate import estimate_input_tokens, max_output_tokens, requested_max_output_tokens
 from .ledger import (
     Amount,
     Ledger,
@@ -78,6 +78,7 @@ __all__ = [
     "Window",
     "WindowSpend",
     "estimate_input_tokens",
+    "max_output_tokens",
     "open_ledger",
     "requested_max_output_tokens",
 ]

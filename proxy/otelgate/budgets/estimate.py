@@ -24,6 +24,7 @@ PER_MESSAGE = 4
 PER_TOOL = 8
 TOOLS_PREAMBLE = 350
 DEFAULT_MAX_OUTPUT = 4096
+MAX_COMPLETIONS = 128  # OpenAI refuses a larger n
 
 # Top-level fields that reach the model (Messages, Chat Completions, Responses, legacy Completions).
 _CONTENT_FIELDS = ("system", "instructions", "prompt", "tool_choice")
@@ -105,6 +106,16 @@ def estimate_input_tokens(body: dict[str, Any]) -> int:
         for tool in tools:
             t.walk(tool, with_keys=False)
     return t.tokens()
+
+
+def max_output_tokens(body: dict[str, Any], cap: int | None = None) -> int:
+    """The most output tokens the request can produce: its output cap (``cap`` if the caller has it, else the one
+    the body asks for, else the default) for each completion it asks for (OpenAI Chat ``n``, up to 128)."""
+    per_completion = cap or requested_max_output_tokens(body)
+    n = body.get("n")
+    if isinstance(n, int) and not isinstance(n, bool) and n > 1:
+        return per_completion * min(n, MAX_COMPLETIONS)
+    return per_completion
 
 
 def requested_max_output_tokens(body: dict[str, Any], default: int = DEFAULT_MAX_OUTPUT) -> int:

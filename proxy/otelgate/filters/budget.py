@@ -28,8 +28,8 @@ from otelgate.budgets import (
     TokenUsage,
     Window,
     estimate_input_tokens,
+    max_output_tokens,
     open_ledger,
-    requested_max_output_tokens,
 )
 from otelgate.errors import GatewayError
 
@@ -210,7 +210,7 @@ class BudgetFilter:
     def worst_case(self, ctx: RequestContext) -> Amount:
         assert ctx.json is not None and ctx.model is not None
         estimate = estimate_input_tokens(ctx.json)
-        max_out = ctx.max_tokens or requested_max_output_tokens(ctx.json)
+        max_out = max_output_tokens(ctx.json, ctx.max_tokens)
         usd = self.pricing.worst_case(ctx.model, estimate, max_out)
         return Amount(usd=usd, tokens=estimate + max_out, calls=1)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from otelgate.budgets import estimate_input_tokens, requested_max_output_tokens
+from otelgate.budgets import estimate_input_tokens, max_output_tokens
 from otelgate.errors import GatewayError
 from otelgate.filters.budget import make_pricing
 
@@ -40,7 +40,7 @@ class LimitsFilter:
         if not limits.max_input_tokens and not limits.max_usd_per_request:
             return
         estimate = estimate_input_tokens(ctx.json)
-        max_out = ctx.max_tokens or requested_max_output_tokens(ctx.json)
+        max_out = max_output_tokens(ctx.json, ctx.max_tokens)
         if limits.max_input_tokens and estimate > limits.max_input_tokens:
             raise GatewayError(
                 "invalid_request",
