@@ -229,6 +229,25 @@ async def test_a_chat_request_for_several_completions_reserves_each_of_them(sim:
         assert len(sim.requests) == 1
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_server_side_web_searches_are_charged(sim: SimUpstream, tmp_path: Path, stream: bool) -> None:
+    """Anthropic bills its web search tool per search ($10 per 1 000) on top of the tokens; the answer's
+    usage.server_tool_use says how many ran. 10 input + 5 output tokens ($0.015) and 3 searches ($0.03)."""
+    answer = json.dumps({"text": "found it", "usage": {"input_tokens": 10, "output_tokens": 5,
+                                                      "web_search_requests": 3}})
+    cfg = config(sqlite_url(tmp_path), {"budgets": [{"window": "day", "usd": 100.0}]})
+    async with gateway(cfg, sim, telemetry=None) as gw:
+        c = client(gw, **{"x-sim-fault": answer})
+        if stream:
+            async with c.messages.stream(model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "hi"}]) as s:
+                final = await s.get_final_message()
+        else:
+            final = await ask(c)
+        assert final.usage.server_tool_use is not None and final.usage.server_tool_use.web_search_requests == 3
+        spent = row(await usage_rows(gw, scope="key", id="agent-a"), "key", "agent-a", "usd")
+        assert spent["spent"] == pytest.approx(0.045)
+
+
 async def test_a_derived_session_survives_prompt_caching_markers(sim: SimUpstream, tmp_path: Path) -> None:
     """An agent loop that marks its newest message for prompt caching (the SDKs' documented pattern) moves
     `cache_control` off the first user message after turn one. The loop is still one session: its cap holds."""

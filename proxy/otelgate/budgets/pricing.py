@@ -34,6 +34,7 @@ class TokenUsage:
     cache_read: int = 0
     cache_write: int = 0
     cache_write_1h: int = 0
+    web_searches: int = 0  # server-side searches (Anthropic's web search tool), billed per search
 
     @property
     def prompt_tokens(self) -> int:
@@ -113,9 +114,11 @@ class PriceQuote:
     matched: str | None  # the table id it resolved to; None when unknown
     known: bool
     price: ModelPrice
+    web_search_usd: float = 0.0  # per server-side search
 
     def cost(self, usage: TokenUsage) -> float:
-        return self.price.rates_for(usage.prompt_tokens).cost(usage)
+        tokens = self.price.rates_for(usage.prompt_tokens).cost(usage)
+        return tokens + usage.web_searches * self.web_search_usd if usage.web_searches else tokens
 
 
 def _normalise(model: str) -> str:
@@ -155,6 +158,7 @@ class Pricing:
         # Longest first, so "gpt-4o-mini-x" resolves to gpt-4o-mini rather than gpt-4o.
         self._by_length = sorted(self._models, key=len, reverse=True)
         self._cache: dict[str, PriceQuote] = {}
+        self._search_usd = float(doc.get("web_search_per_1000", 0)) / 1000
 
     def models(self) -> list[str]:
         return sorted(self._models)
@@ -169,17 +173,17 @@ class Pricing:
 
     def _resolve(self, model: str) -> PriceQuote:
         if model in self._models:
-            return PriceQuote(model, model, True, self._models[model])
+            return PriceQuote(model, model, True, self._models[model], self._search_usd)
         candidates = [_normalise(model)]
         candidates.append(_DOTTED.sub("-", candidates[0]))  # claude-sonnet-4.5 -> claude-sonnet-4-5
         for c in candidates:
             if c in self._models:
-                return PriceQuote(model, c, True, self._models[c])
+                return PriceQuote(model, c, True, self._models[c], self._search_usd)
         for c in candidates:
             for mid in self._by_length:
                 if c.startswith(mid + "-") or c.startswith(mid + "."):
-                    return PriceQuote(model, mid, True, self._models[mid])
-        return PriceQuote(model, None, False, self._default)
+                    return PriceQuote(model, mid, True, self._models[mid], self._search_usd)
+        return PriceQuote(model, None, False, self._default, self._search_usd)
 
     def cost(self, model: str, usage: TokenUsage) -> float:
         return self.quote(model).cost(usage)

@@ -56,6 +56,9 @@ def _apply_usage(result: Result, usage: dict[str, Any] | None) -> None:
     if isinstance(by_ttl, dict):
         hour = json_int(by_ttl.get("ephemeral_1h_input_tokens"))
         u.cache_write_1h_tokens = min(max(u.cache_write_1h_tokens, hour), u.cache_write_tokens)
+    server_tools = usage.get("server_tool_use")
+    if isinstance(server_tools, dict):
+        u.web_searches = max(u.web_searches, json_int(server_tools.get("web_search_requests")))
     u.known = True
 
 

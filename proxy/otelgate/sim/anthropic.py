@@ -90,13 +90,18 @@ def _usage(reply: Reply, output_tokens: int) -> dict[str, Any]:
     u = reply.usage
     return {"input_tokens": u.input_tokens, "cache_creation_input_tokens": u.cache_creation_input_tokens,
             "cache_read_input_tokens": u.cache_read_input_tokens, "cache_creation": _cache_creation(u),
-            "output_tokens": output_tokens, "service_tier": "standard"}
+            "output_tokens": output_tokens, "service_tier": "standard", **_server_tool_use(u)}
 
 
 def _cache_creation(u: Usage) -> dict[str, int]:
     """The split of the cache writes by time to live, as the API reports it beside their total."""
     hour = min(u.cache_creation_1h_input_tokens, u.cache_creation_input_tokens)
     return {"ephemeral_5m_input_tokens": u.cache_creation_input_tokens - hour, "ephemeral_1h_input_tokens": hour}
+
+
+def _server_tool_use(u: Usage) -> dict[str, Any]:
+    """Server-side tool calls the answer made (only when there were any, like the API)."""
+    return {"server_tool_use": {"web_search_requests": u.web_search_requests}} if u.web_search_requests else {}
 
 
 def _content(reply: Reply) -> list[dict[str, Any]]:
@@ -151,7 +156,7 @@ def events(reply: Reply, msg_id: str) -> list[bytes]:
         "type": "message_delta", "delta": {"stop_reason": reply.stop_reason, "stop_sequence": None},
         "usage": {"input_tokens": u.input_tokens, "cache_creation_input_tokens": u.cache_creation_input_tokens,
                   "cache_read_input_tokens": u.cache_read_input_tokens, "cache_creation": _cache_creation(u),
-                  "output_tokens": u.output_tokens}}))
+                  "output_tokens": u.output_tokens, **_server_tool_use(u)}}))
     out.append(b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
     return out
 
