@@ -49,7 +49,8 @@ Anthropic vocabulary (``end_turn``, ``max_tokens``, ``tool_use``, ``stop_sequenc
 ``stop``/``length``/``tool_calls``/``content_filter`` are accepted as aliases) and is mapped per API. ``usage`` is in
 Anthropic terms; OpenAI sees ``prompt_tokens = input + cache_read + cache_creation``, ``cached_tokens = cache_read``.
 ``cache_creation_1h_input_tokens`` says how many of the written tokens were for one hour (Anthropic's
-``usage.cache_creation`` split; the rest are five-minute writes).
+``usage.cache_creation`` split; the rest are five-minute writes). ``web_search_requests`` becomes Anthropic's
+``usage.server_tool_use``.
 ``chunks`` is the number of text deltas a streamed text is split into; ``delay`` is seconds before the headers.
 
 Error steps (answered in the provider's own error shape, with the given headers)::
