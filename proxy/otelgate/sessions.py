@@ -21,7 +21,9 @@ from otelgate.providers import Provider
 
 SESSION_HEADER = "x-otelgate-session"
 MAX_ID_CHARS = 200
-REMEMBERED_RESPONSES = 65_536  # ~10 MB at most; an agent continues its latest response, so the newest matter
+# An agent continues its latest answer, so only the newest matter: one per run in flight. At most ~7 MB (ids of
+# ~50 characters, session ids of up to 200).
+REMEMBERED_RESPONSES = 16_384
 
 
 class Sessions:
