@@ -6,8 +6,10 @@ import json
 
 import openai
 import pytest
+from aiohttp import web
 
 from conftest import OPENAI_TEST_KEY
+from proxyutil import gateway, serving
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 TOOLS = [
@@ -99,3 +101,42 @@ async def test_mid_stream_reset_raises_in_the_sdk(gw, sim):
     with pytest.raises(openai.APIError):
         async for _ in stream:
             pass
+
+
+async def test_an_upstream_that_refuses_stream_options_still_streams():
+    """The gateway asks Chat streams for usage (stream_options.include_usage). An OpenAI-compatible server that
+    does not know the field (older Azure API versions, some local servers) answers 400: the agent's own request is
+    sent instead, and that upstream is not asked again."""
+    seen: list[dict] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        seen.append(body)
+        if "stream_options" in body:
+            return web.json_response({"error": {"message": "Unrecognized request argument supplied: stream_options",
+                                                "type": "invalid_request_error", "param": None, "code": None}},
+                                     status=400)
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        for delta, finish in (({"role": "assistant", "content": "still "}, None), ({"content": "here"}, None),
+                              ({}, "stop")):
+            chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-test",
+                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    async with serving(web.AppRunner(app)) as upstream, gateway(
+            {"upstreams": {"openai": {"base_url": upstream + "/v1"}}}, None, telemetry=None) as gw:
+        c = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key=OPENAI_TEST_KEY, max_retries=0)
+        try:
+            for _ in range(2):
+                stream = await c.chat.completions.create(model="gpt-test", messages=MESSAGES, stream=True)
+                text = "".join([ch.choices[0].delta.content or "" async for ch in stream if ch.choices])
+                assert text == "still here"
+        finally:
+            await c.close()
+    assert ["stream_options" in body for body in seen] == [True, False, False]

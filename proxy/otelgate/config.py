@@ -122,8 +122,8 @@ class AnthropicUpstreamConfig(UpstreamConfig):
 class OpenAIUpstreamConfig(UpstreamConfig):
     base_url: str = "https://api.openai.com/v1"
     # Ask Chat Completions streams to report usage (stream_options.include_usage) when the agent did not, and take
-    # the added chunk out again. Off for an OpenAI-compatible upstream that refuses stream_options: its streams
-    # are then charged their reserved worst case.
+    # the added chunk out again. An upstream that answers 400 naming stream_options gets the agent's own request
+    # and is not asked again; false skips even that first try. Unasked streams are charged their worst case.
     stream_usage: bool = True
 
 
