@@ -189,26 +189,32 @@ async def test_stream_usage_can_be_left_unasked_for_upstreams_that_refuse_it(sim
         assert spent["spent"] > 0.5  # the worst case at max_tokens 1000, not the $0.015 used
 
 
+async def charged_for(sim: SimUpstream, tmp_path: Path, stream: bool, usage: dict[str, int]) -> tuple[Any, float]:
+    """One Anthropic SDK call (streamed or not) whose answer reports `usage`: the final message, and the USD the
+    key's budget was charged for it."""
+    cfg = config(sqlite_url(tmp_path), {"budgets": [{"window": "day", "usd": 100.0}]})
+    async with gateway(cfg, sim, telemetry=None) as gw:
+        c = client(gw, **{"x-sim-fault": json.dumps({"text": "done", "usage": usage})})
+        if stream:
+            async with c.messages.stream(model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "hi"}]) as s:
+                final = await s.get_final_message()
+        else:
+            final = await ask(c)
+        spent = row(await usage_rows(gw, scope="key", id="agent-a"), "key", "agent-a", "usd")
+        return final, spent["spent"]
+
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_one_hour_cache_writes_are_charged_at_their_own_rate(sim: SimUpstream, tmp_path: Path,
                                                                    stream: bool) -> None:
     """Anthropic bills a one-hour cache write at 2x input and a five-minute one at 1.25x; usage.cache_creation says
     how many of the written tokens were which. 10 input + 5 output + 1 000 written (600 of them for an hour) at
     $1 000 / $1 000 / $1 250 / $2 000 per million: $0.015 + $0.5 + $1.2 = $1.715."""
-    answer = json.dumps({"text": "cached", "usage": {"input_tokens": 10, "output_tokens": 5,
-                                                    "cache_creation_input_tokens": 1000,
-                                                    "cache_creation_1h_input_tokens": 600}})
-    cfg = config(sqlite_url(tmp_path), {"budgets": [{"window": "day", "usd": 100.0}]})
-    async with gateway(cfg, sim, telemetry=None) as gw:
-        c = client(gw, **{"x-sim-fault": answer})
-        if stream:
-            async with c.messages.stream(model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "hi"}]) as s:
-                final = await s.get_final_message()
-        else:
-            final = await ask(c)
-        assert final.usage.cache_creation is not None and final.usage.cache_creation.ephemeral_1h_input_tokens == 600
-        spent = row(await usage_rows(gw, scope="key", id="agent-a"), "key", "agent-a", "usd")
-        assert spent["spent"] == pytest.approx(1.715)
+    final, spent = await charged_for(sim, tmp_path, stream, {"input_tokens": 10, "output_tokens": 5,
+                                                             "cache_creation_input_tokens": 1000,
+                                                             "cache_creation_1h_input_tokens": 600})
+    assert final.usage.cache_creation is not None and final.usage.cache_creation.ephemeral_1h_input_tokens == 600
+    assert spent == pytest.approx(1.715)
 
 
 async def test_a_chat_request_for_several_completions_reserves_each_of_them(sim: SimUpstream, tmp_path: Path) -> None:
@@ -233,19 +239,10 @@ async def test_a_chat_request_for_several_completions_reserves_each_of_them(sim:
 async def test_server_side_web_searches_are_charged(sim: SimUpstream, tmp_path: Path, stream: bool) -> None:
     """Anthropic bills its web search tool per search ($10 per 1 000) on top of the tokens; the answer's
     usage.server_tool_use says how many ran. 10 input + 5 output tokens ($0.015) and 3 searches ($0.03)."""
-    answer = json.dumps({"text": "found it", "usage": {"input_tokens": 10, "output_tokens": 5,
-                                                      "web_search_requests": 3}})
-    cfg = config(sqlite_url(tmp_path), {"budgets": [{"window": "day", "usd": 100.0}]})
-    async with gateway(cfg, sim, telemetry=None) as gw:
-        c = client(gw, **{"x-sim-fault": answer})
-        if stream:
-            async with c.messages.stream(model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "hi"}]) as s:
-                final = await s.get_final_message()
-        else:
-            final = await ask(c)
-        assert final.usage.server_tool_use is not None and final.usage.server_tool_use.web_search_requests == 3
-        spent = row(await usage_rows(gw, scope="key", id="agent-a"), "key", "agent-a", "usd")
-        assert spent["spent"] == pytest.approx(0.045)
+    final, spent = await charged_for(sim, tmp_path, stream, {"input_tokens": 10, "output_tokens": 5,
+                                                             "web_search_requests": 3})
+    assert final.usage.server_tool_use is not None and final.usage.server_tool_use.web_search_requests == 3
+    assert spent == pytest.approx(0.045)
 
 
 async def test_a_derived_session_survives_prompt_caching_markers(sim: SimUpstream, tmp_path: Path) -> None:
