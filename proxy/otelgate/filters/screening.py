@@ -63,7 +63,10 @@ def _text_key(text: str) -> int | bytes:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16, key=_SECRET_KEY).digest()
 
 
-def _cached(cache: OrderedDict[int | bytes, _T], digest: int | bytes) -> _T | None:
+_Key = int | bytes | tuple[str, int | bytes]  # a text's key, or (location, key) where verdicts depend on it
+
+
+def _cached(cache: OrderedDict[_Key, _T], digest: _Key) -> _T | None:
     found = cache.get(digest)
     if found is not None:
         try:
@@ -73,7 +76,7 @@ def _cached(cache: OrderedDict[int | bytes, _T], digest: int | bytes) -> _T | No
     return found
 
 
-def _remember(cache: OrderedDict[int | bytes, _T], digest: int | bytes, value: _T) -> _T:
+def _remember(cache: OrderedDict[_Key, _T], digest: _Key, value: _T) -> _T:
     cache[digest] = value
     if len(cache) > _CACHE_SIZE:
         try:
@@ -139,9 +142,10 @@ class ScreeningFilter:
         self.screener: Screener | None = (
             Screener.from_packs(self.config.packs, threshold=self.config.threshold) if modes - {"off"} else None
         )
-        self._cache: OrderedDict[int | bytes, Verdict] = OrderedDict()  # verdicts by text key
-        self._secret_kinds: OrderedDict[int | bytes, tuple[str, ...]] = OrderedDict()  # secret kinds by text key
-        self._redacted: OrderedDict[int | bytes, str] = OrderedDict()  # redacted long texts by text key
+        # Verdicts and redactions by (location, text key): a rule may count in one location and not another.
+        self._cache: OrderedDict[_Key, Verdict] = OrderedDict()
+        self._secret_kinds: OrderedDict[_Key, tuple[str, ...]] = OrderedDict()  # secret kinds by text key
+        self._redacted: OrderedDict[_Key, str] = OrderedDict()
         self.redact_long = self.config.redact_long_tool_results
 
     def mode_for(self, ctx: RequestContext) -> str:
@@ -207,9 +211,10 @@ class ScreeningFilter:
                 finding.secrets = list(kinds)
             if finding.inject and text != REDACTION:
                 assert self.screener is not None
-                verdict = _cached(self._cache, digest)
+                location = finding.ref.location
+                verdict = _cached(self._cache, (location, digest))
                 if verdict is None:
-                    verdict = _remember(self._cache, digest, self.screener.scan(text))
+                    verdict = _remember(self._cache, (location, digest), self.screener.scan(text, location))
                 finding.verdict = verdict
 
     def _act(self, ctx: RequestContext, findings: list[_Finding], mode: str, secrets: str) -> None:
@@ -240,7 +245,7 @@ class ScreeningFilter:
             if mode == "block" and self.redact_long and location in _READ_LOCATIONS and is_long(ref.text):
                 if finding.new:
                     self._record(ctx, list(verdict.rules), location, "redact", verdict.score, ref)
-                ref.replace(self._redact_long(ref.text))
+                ref.replace(self._redact_long(ref.text, location))
                 ctx.body_modified = True
                 redacted.add(location)
                 continue
@@ -257,7 +262,7 @@ class ScreeningFilter:
                     )
             elif mode == "redact":
                 assert self.screener is not None
-                ref.replace(self.screener.redact(ref.text))
+                ref.replace(self.screener.redact(ref.text, location))
                 ctx.body_modified = True
                 redacted.add(location)
         if block is not None:
@@ -265,11 +270,12 @@ class ScreeningFilter:
         if redacted:
             ctx.response_headers[REDACTED_HEADER] = ",".join(sorted(redacted))
 
-    def _redact_long(self, text: str) -> str:
+    def _redact_long(self, text: str, location: str) -> str:
         assert self.screener is not None
-        digest = _text_key(text)
-        redacted = _cached(self._redacted, digest)
-        return redacted if redacted is not None else _remember(self._redacted, digest, self.screener.redact(text))
+        key = (location, _text_key(text))
+        redacted = _cached(self._redacted, key)
+        return redacted if redacted is not None else _remember(self._redacted, key,
+                                                               self.screener.redact(text, location))
 
     @staticmethod
     def _record(ctx: RequestContext, rules: list[str], location: str, action: str, score: float, ref: TextRef) -> None:

@@ -48,7 +48,9 @@ DECODED_WEIGHT = 0.3
 HIDDEN_TAGS_WEIGHT = 0.6
 _HIDDEN_MIN_CHARS = 8  # flag emoji (England, Scotland) use a few tag letters legitimately
 
-_RULE_KEYS = {"id", "category", "patterns", "weight", "languages", "keywords", "view", "description"}
+_RULE_KEYS = {"id", "category", "patterns", "weight", "languages", "keywords", "view", "description", "locations"}
+# Where a text sits in a request (the proxy's screening locations); a rule may be limited to some of them.
+LOCATIONS = ("user", "tool_result", "system", "documents")
 _VIEWS = ("words", "folded")
 # Keyword windows: a pattern spans at most ~15 words around its keyword, so 300 characters before and 400 after
 # cover it; texts shorter than _WINDOW_MIN_CHARS are searched whole.
@@ -75,6 +77,9 @@ class Rule:
     fast: tuple[tuple[re.Pattern[str], bool], ...] = ()
     # Per pattern: the literal token beginnings a match must start with (None: unknown); see _lead_heads.
     leads: tuple[frozenset[str] | None, ...] = ()
+    # Where the rule is evidence (None: everywhere). An instruction about the answer ("add emojis to your reply")
+    # is the user's to give; planted in an e-mail the agent read, it is an injection.
+    locations: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,10 +132,14 @@ def _rule_from_dict(raw: Any, source: str, index: int) -> Rule:
         raise ValueError(f"{where}: 'keywords' must be a list of non-empty strings")
     whole = frozenset(k.lower() for k in keywords if not k.endswith("*"))
     prefixes = frozenset(k.lower().rstrip("*")[:4] for k in keywords if k.endswith("*"))
+    locations = raw.get("locations")
+    if locations is not None and (not isinstance(locations, list) or not locations
+                                  or not all(x in LOCATIONS for x in locations)):
+        raise ValueError(f"{where}: 'locations' must be a non-empty list of {', '.join(LOCATIONS)}")
     fast = tuple(_fast_pattern(p) for p in patterns)
     leads = tuple(_lead_heads(p) if view == "words" else _folded_heads(p) for p in patterns)
     return Rule(rid, category, float(weight), tuple(languages), tuple(compiled), view, whole, prefixes, source,
-                fast, leads)
+                fast, leads, None if locations is None else frozenset(locations))
 
 
 def _top_level_alternation(src: str) -> bool:
@@ -730,7 +739,8 @@ class Screener:
                     break
         return hits
 
-    def _evidence(self, text: str, *, long: bool = False) -> tuple[dict[str, tuple[float, str]], float]:
+    def _evidence(self, text: str, *, long: bool = False,
+                  location: str | None = None) -> tuple[dict[str, tuple[float, str]], float]:
         """Rule id -> (weight, category) for every piece of evidence, and the model's contribution. ``long``: the
         text is a stretch of a longer one (the long-text cap on the classifier applies whatever its length)."""
         evidence: dict[str, tuple[float, str]] = {}
@@ -741,7 +751,8 @@ class Screener:
         tokens = norm.tokens if norm.tokens is not None else norm.words.split(" ") if norm.words else []
         distinct = set(tokens)
         for rule in self._matching_rules(norm, tokens, distinct):
-            evidence[rule.id] = (rule.weight, rule.category)
+            if location is None or rule.locations is None or location in rule.locations:
+                evidence[rule.id] = (rule.weight, rule.category)
         if len(norm.hidden) >= _HIDDEN_MIN_CHARS:
             evidence["encoding.unicode_tags"] = (HIDDEN_TAGS_WEIGHT, "encoding_evasion")
         payloads = decode_payloads(text, norm.words, distinct)
@@ -750,7 +761,8 @@ class Screener:
             payloads.insert(0, Decoded("unicode_tags", norm.hidden, 1))
         for payload in payloads:
             sub = normalize(payload.text)
-            found = self._matching_rules(sub)
+            found = [r for r in self._matching_rules(sub)
+                     if location is None or r.locations is None or location in r.locations]
             for rule in found:
                 if rule.id not in evidence:
                     evidence[rule.id] = (rule.weight, rule.category)
@@ -771,8 +783,10 @@ class Screener:
                 evidence[MODEL_RULE_ID] = (model_part, "classifier")
         return evidence, model_part
 
-    def scan(self, text: str) -> Verdict:
-        evidence, _ = self._evidence(text)
+    def scan(self, text: str, location: str | None = None) -> Verdict:
+        """The verdict on ``text``; ``location`` (user, tool_result, system, documents) leaves out the rules that
+        are not evidence there (None: every rule)."""
+        evidence, _ = self._evidence(text, location=location)
         verdict = self._verdict(evidence)
         if verdict.flagged and max(w for w, _c in evidence.values()) < self.threshold:
             scanned = self._scanned(text)
@@ -781,7 +795,7 @@ class Screener:
                 # Only combined weak evidence flagged this long text: it counts if it sits together somewhere.
                 best = Verdict(False, 0.0, (), ())
                 for start, end in spans:
-                    local = self._verdict(self._evidence(scanned[start:end], long=True)[0])
+                    local = self._verdict(self._evidence(scanned[start:end], long=True, location=location)[0])
                     if local.flagged:
                         best = local
                         break
@@ -792,12 +806,12 @@ class Screener:
                 return best
         return verdict
 
-    def _redact_stretches(self, text: str, spans: list[tuple[int, int]]) -> str:
+    def _redact_stretches(self, text: str, spans: list[tuple[int, int]], location: str | None) -> str:
         """A long text (a file, a page an agent read) with each stretch that is flagged on its own replaced by
         REDACTION (overlapping ones merged): an instruction planted in a document goes, the rest of it stays."""
         cut: list[tuple[int, int]] = []
         for start, end in spans:
-            if self._verdict(self._evidence(text[start:end], long=True)[0]).flagged:
+            if self._verdict(self._evidence(text[start:end], long=True, location=location)[0]).flagged:
                 if cut and start <= cut[-1][1]:
                     cut[-1] = (cut[-1][0], end)
                 else:
@@ -811,7 +825,7 @@ class Screener:
             pos = end
         pieces.append(text[pos:])
         redacted = "".join(pieces)
-        return redacted if not self.scan(redacted).flagged else REDACTION
+        return redacted if not self.scan(redacted, location).flagged else REDACTION
 
     def _scanned(self, text: str) -> str:
         """What is scanned of a text: all of it, or its first and last max_scan_chars / 2 characters."""
@@ -834,22 +848,22 @@ class Screener:
                 categories.append(cat)
         return Verdict(score >= self.threshold, min(score, 1.0), tuple(rid for rid, _ in ordered), tuple(categories))
 
-    def redact(self, text: str) -> str:
+    def redact(self, text: str, location: str | None = None) -> str:
         """The text with each flagged sentence or line replaced by REDACTION; the whole text when the verdict
         is flagged but no single piece is (the evidence is spread over several sentences). A text longer than
         LOCAL_WORDS words loses its flagged stretches instead (see _redact_stretches)."""
-        if not self.scan(text).flagged:
+        if not self.scan(text, location).flagged:
             return text
         if len(text) <= self.max_scan_chars:
             spans = _stretch_spans(text)
             if spans is not None:
-                return self._redact_stretches(text, spans)
+                return self._redact_stretches(text, spans, location)
         pieces: list[str] = []
         pos = 0
         changed = False
         for m in _SENTENCE_SPLIT_RE.finditer(text):
             piece = text[pos:m.start()]
-            if piece.strip() and self.scan(piece).flagged:
+            if piece.strip() and self.scan(piece, location).flagged:
                 pieces.append(REDACTION)
                 changed = True
             else:
@@ -857,7 +871,7 @@ class Screener:
             pieces.append(m.group(0))
             pos = m.end()
         tail = text[pos:]
-        if tail.strip() and self.scan(tail).flagged:
+        if tail.strip() and self.scan(tail, location).flagged:
             pieces.append(REDACTION)
             changed = True
         else:
@@ -866,5 +880,5 @@ class Screener:
             return REDACTION
         redacted = "".join(pieces)
         # A piece may only have been suspicious together with its neighbours: check the result as a whole.
-        return redacted if not self.scan(redacted).flagged else REDACTION
+        return redacted if not self.scan(redacted, location).flagged else REDACTION
 
