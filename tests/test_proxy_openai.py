@@ -140,3 +140,19 @@ async def test_an_upstream_that_refuses_stream_options_still_streams():
         finally:
             await c.close()
     assert ["stream_options" in body for body in seen] == [True, False, False]
+
+
+@pytest.mark.parametrize("options", [None, {"include_usage": False}, {"include_obfuscation": False}, "junk"])
+def test_asking_a_chat_stream_for_usage_can_be_taken_back(options):
+    """What the gateway sends when an upstream refuses stream_options is exactly the agent's own field."""
+    from otelgate.providers import OPENAI, Route
+
+    route = Route("openai", "chat_completions", "chat", "/chat/completions", "POST", True)
+    body = {"model": "m", "stream": True, "messages": MESSAGES}
+    if options is not None:
+        body["stream_options"] = options
+    sent = json.loads(json.dumps(body))
+    undo = OPENAI.ask_stream_usage(body, route)
+    assert undo is not None and body["stream_options"]["include_usage"] is True
+    undo(body)
+    assert body == sent

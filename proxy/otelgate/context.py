@@ -124,9 +124,10 @@ class RequestContext:
     json: dict[str, Any] | None = None
     body_modified: bool = False  # a policy rewrote `json`: re-serialise before sending
     body_decoded: bool = False  # the agent compressed the body; `body` is decoded and goes upstream decoded
-    # The gateway asked the upstream to report a stream's usage, which the agent did not ask for: the relay takes
-    # that extra event out again (Provider.ask_stream_usage / strip_added_usage).
-    added_stream_usage: bool = False
+    # Set when the gateway asked the upstream to report a stream's usage, which the agent did not ask for: the relay
+    # takes that extra event out again (Provider.strip_added_usage); calling it takes the ask out of a body
+    # (Provider.ask_stream_usage).
+    asked_stream_usage: Callable[[dict[str, Any]], None] | None = None
     request_id: str = ""
     start_ns: int = field(default_factory=time.time_ns)
     start_monotonic: float = field(default_factory=time.monotonic)

@@ -39,8 +39,6 @@ from otelgate.upstream import Upstream
 log = logging.getLogger("otelgate.pipeline")
 
 TIMEOUT_HEADER = "x-otelgate-timeout"
-_STREAM_OPTIONS = "pipeline.stream_options"  # ctx.state: the agent's own stream_options, before usage was asked
-_ABSENT = object()
 # Headers that steer otelgate itself: consumed here, never sent to the provider.
 _OWN_PREFIX = "x-otelgate-"
 # Encodings the side parser can read; anything else the agent asked for is dropped from accept-encoding so we
@@ -79,8 +77,8 @@ class Pipeline:
         ]
         self._response_hooks = [f for f in self.filters if hasattr(f, "response")]
         self.sessions = Sessions()
-        # Upstreams that answered a 400 naming stream_options: asked no more in this process.
-        self._refuse_stream_options: set[str] = set()
+        # Upstreams that refused to be asked for stream usage (Provider.refuses_stream_usage): asked no more here.
+        self._refuse_stream_usage: set[str] = set()
         self.inflight = 0
 
     async def handle(self, request: web.Request, route: Route) -> web.StreamResponse:
@@ -180,10 +178,9 @@ class Pipeline:
         ctx.model, ctx.stream, ctx.max_tokens = ctx.provider.parse_request(ctx.json, ctx.route)
         ctx.served_model = ctx.model
         if ctx.stream and ctx.route.generates and self._may_ask_stream_usage(ctx.provider.name, upstream):
-            before = ctx.json.get("stream_options", _ABSENT)
-            if ctx.provider.ask_stream_usage(ctx.json, ctx.route):
-                ctx.body_modified = ctx.added_stream_usage = True
-                ctx.state[_STREAM_OPTIONS] = before
+            ctx.asked_stream_usage = ctx.provider.ask_stream_usage(ctx.json, ctx.route)
+            if ctx.asked_stream_usage is not None:
+                ctx.body_modified = True
         if ctx.route.generates:
             self.sessions.resolve(ctx, ctx.provider)
             ctx.tool_results = ctx.provider.tool_results(ctx.json)
@@ -204,7 +201,7 @@ class Pipeline:
             if lower == "content-encoding" and ctx.body_decoded:
                 continue
             if lower == "accept-encoding":
-                if ctx.added_stream_usage:
+                if ctx.asked_stream_usage is not None:
                     continue  # a plain stream, so that the relay can take out the usage event it added
                 value = _readable_encodings(value)
                 if not value:
@@ -221,7 +218,7 @@ class Pipeline:
         return headers
 
     def _may_ask_stream_usage(self, provider: str, upstream: Upstream) -> bool:
-        return bool(getattr(upstream.config, "stream_usage", False)) and provider not in self._refuse_stream_options
+        return bool(getattr(upstream.config, "stream_usage", False)) and provider not in self._refuse_stream_usage
 
     async def _exchange(self, ctx: RequestContext) -> web.StreamResponse:
         upstream = self.upstreams[ctx.provider.name]
@@ -233,19 +230,16 @@ class Pipeline:
             path += "?" + ctx.request.query_string
         headers = self._upstream_headers(ctx)
         reply = await upstream.send(ctx, path, headers, body, read_body=not ctx.stream)
-        if ctx.added_stream_usage and reply.status == 400 and b"stream_options" in (reply.body or b""):
-            # An OpenAI-compatible server that does not know stream_options (older Azure API versions, some local
+        undo = ctx.asked_stream_usage
+        if undo is not None and reply.status == 400 and ctx.provider.refuses_stream_usage(reply.body or b""):
+            # An OpenAI-compatible server that does not know what was asked (older Azure API versions, some local
             # servers): send the agent's own request instead, and stop asking this upstream.
-            self._refuse_stream_options.add(ctx.provider.name)
-            log.warning("upstream %s refuses stream_options: streamed calls are charged their worst case; set "
-                        "upstreams.%s.stream_usage: false to skip the first try", upstream.name, upstream.name)
+            self._refuse_stream_usage.add(ctx.provider.name)
+            log.warning("upstream %s refuses to report stream usage: streamed calls are charged their worst case; "
+                        "set upstreams.%s.stream_usage: false to skip the first try", upstream.name, upstream.name)
             assert ctx.json is not None
-            before = ctx.state.pop(_STREAM_OPTIONS)
-            if before is _ABSENT:
-                del ctx.json["stream_options"]
-            else:
-                ctx.json["stream_options"] = before
-            ctx.added_stream_usage = False
+            undo(ctx.json)
+            ctx.asked_stream_usage = None
             body = encode_json(ctx.json)
             headers = self._upstream_headers(ctx)
             reply = await upstream.send(ctx, path, headers, body, read_body=not ctx.stream)

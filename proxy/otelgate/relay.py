@@ -184,7 +184,7 @@ async def _relay(
     pending = b""
     agent_at_boundary = True
     guard = ctx.stream_guard
-    strip_usage = ctx.added_stream_usage
+    strip_usage = ctx.asked_stream_usage is not None
     calls = ctx.result.tool_calls
     judged = 0  # tool calls the guard has seen
     unnamed = False  # a call seen before its name: asked again until every call has one

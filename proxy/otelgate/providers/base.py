@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -121,10 +121,14 @@ class Provider(ABC):
     def conversation_seed(self, body: dict[str, Any]) -> str | None:
         """Stable text identifying a conversation: its system prompt and first user message."""
 
-    def ask_stream_usage(self, body: dict[str, Any], route: Route) -> bool:
+    def ask_stream_usage(self, body: dict[str, Any], route: Route) -> Callable[[dict[str, Any]], None] | None:
         """For a streamed request whose API reports usage only when asked: ask for it in ``body`` (so budgets charge
-        what was used, not the reserved worst case) and return True; the relay then takes the extra event out
-        with ``strip_added_usage``. False when the stream reports its usage anyway."""
+        what was used, not the reserved worst case) and return what takes the ask out of a body again; the relay
+        takes the extra event out with ``strip_added_usage``. None when the stream reports its usage anyway."""
+        return None
+
+    def refuses_stream_usage(self, answer: bytes) -> bool:
+        """Whether an error answer says the upstream does not know what ``ask_stream_usage`` added."""
         return False
 
     def strip_added_usage(self, events: bytes) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from otelgate.context import Result, ToolCall, ToolResult
@@ -232,16 +232,27 @@ class OpenAIProvider(Provider):
                 return value
         return None
 
-    def ask_stream_usage(self, body: dict[str, Any], route: Route) -> bool:
+    def ask_stream_usage(self, body: dict[str, Any], route: Route) -> Callable[[dict[str, Any]], None] | None:
         # A Chat Completions stream carries usage only with stream_options.include_usage (the Responses API's
         # response.completed always has it). Most agents and SDK calls do not ask.
         if route.kind != "chat_completions":
-            return False
-        options = body.get("stream_options")
+            return None
+        options = body.get("stream_options", _ABSENT)
         if isinstance(options, dict) and options.get("include_usage") is True:
-            return False
+            return None
         body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-        return True
+
+        def undo(rewritten: dict[str, Any]) -> None:  # the agent's own stream_options, as it sent them
+            if options is _ABSENT:
+                rewritten.pop("stream_options", None)
+            else:
+                rewritten["stream_options"] = options
+
+        return undo
+
+    def refuses_stream_usage(self, answer: bytes) -> bool:
+        # "Unrecognized request argument supplied: stream_options" (older Azure API versions), or the like.
+        return b"stream_options" in answer
 
     def strip_added_usage(self, events: bytes) -> bytes:
         if b'"usage"' not in events:
@@ -417,6 +428,7 @@ class OpenAIProvider(Provider):
         return f"data: {payload}\n\n".encode()
 
 
+_ABSENT = object()
 # One whole SSE event with the blank line that ends it (LF or CRLF line ends).
 _SSE_EVENT_RE = re.compile(rb".*?\n\r?\n", re.S)
 
