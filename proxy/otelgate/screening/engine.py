@@ -81,6 +81,10 @@ class Rule:
     # is the user's to give; planted in an e-mail the agent read, it is an injection.
     locations: frozenset[str] | None = None
 
+    def counts_in(self, location: str | None) -> bool:
+        """Whether a match is evidence for a text in ``location`` (None: a text of no known location)."""
+        return location is None or self.locations is None or location in self.locations
+
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
@@ -751,7 +755,7 @@ class Screener:
         tokens = norm.tokens if norm.tokens is not None else norm.words.split(" ") if norm.words else []
         distinct = set(tokens)
         for rule in self._matching_rules(norm, tokens, distinct):
-            if location is None or rule.locations is None or location in rule.locations:
+            if rule.counts_in(location):
                 evidence[rule.id] = (rule.weight, rule.category)
         if len(norm.hidden) >= _HIDDEN_MIN_CHARS:
             evidence["encoding.unicode_tags"] = (HIDDEN_TAGS_WEIGHT, "encoding_evasion")
@@ -761,8 +765,7 @@ class Screener:
             payloads.insert(0, Decoded("unicode_tags", norm.hidden, 1))
         for payload in payloads:
             sub = normalize(payload.text)
-            found = [r for r in self._matching_rules(sub)
-                     if location is None or r.locations is None or location in r.locations]
+            found = [rule for rule in self._matching_rules(sub) if rule.counts_in(location)]
             for rule in found:
                 if rule.id not in evidence:
                     evidence[rule.id] = (rule.weight, rule.category)
