@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import itertools
-import json
 import shutil
 import subprocess
 import sys
@@ -30,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench._util import BODY, HEADERS, Redis, free_port, spawn, stop, wait_port
+from bench._util import BODY, HEADERS, Payloads, Redis, free_port, spawn, stop, wait_port
 from bench.peers.targets import TARGETS, Env
 
 PYTHON_TARGETS = ["forwarder", "otelgate-bare", "otelgate-min", "otelgate-full-sqlite", "otelgate-full-redis"]
@@ -41,16 +39,10 @@ def count(url: str, pid: int, body: dict[str, Any], unique: bool, warmup: int, r
     """Instructions per request of process `pid` (started under callgrind with instrumentation off)."""
     host, port = url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=120)
-    fixed = json.dumps(body).encode()
-    numbers = itertools.count()
+    payloads = Payloads(body, unique)  # unique: a prompt no cache has seen (screening's verdict cache)
 
     def one() -> None:
-        if unique:  # a prompt no cache has seen: screening's verdict cache cannot answer for it
-            text = f"{body['messages'][0]['content']} (request {next(numbers)})"
-            payload = json.dumps({**body, "messages": [{"role": "user", "content": text}]}).encode()
-        else:
-            payload = fixed
-        conn.request("POST", "/v1/messages", body=payload, headers=HEADERS)
+        conn.request("POST", "/v1/messages", body=payloads.next(), headers=HEADERS)
         response = conn.getresponse()
         data = response.read()
         if response.status != 200:
