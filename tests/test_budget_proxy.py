@@ -358,6 +358,42 @@ async def test_claude_code_runs_are_sessions_by_their_own_session_id(sim: SimUps
         assert len(sim.requests) == 4  # the second run was not charged with the first one's calls
 
 
+async def test_an_end_user_id_is_not_a_run(sim: SimUpstream, tmp_path: Path) -> None:
+    """OpenAI `user` / `safety_identifier` / `prompt_cache_key` and Anthropic `metadata.user_id` name the end user
+    (or a cache bucket) an application serves, not one agent run: a support bot that passes its customer's id, as
+    both providers recommend, must not have every run of that customer for a day count as one session. The id
+    still keeps two customers apart whose runs open alike."""
+    cfg = config(sqlite_url(tmp_path), {"limits": {"session": {"max_calls": 2}}})
+    async with gateway(cfg, sim, telemetry=None) as gw:
+        oa = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key=KEY_A, max_retries=0,
+                                default_headers={"x-sim-fault": FIXED})
+        an = client(gw)
+
+        async def turn(via: str, end_user: str, opening: str, turns: int) -> None:
+            history: list[dict[str, Any]] = [{"role": "user", "content": opening}]
+            for n in range(turns):
+                if via == "openai":
+                    await oa.chat.completions.create(model=MODEL, max_tokens=10, messages=history, user=end_user)
+                else:
+                    await an.messages.create(model=MODEL, max_tokens=10, messages=history,
+                                             metadata={"user_id": end_user})
+                history += [{"role": "assistant", "content": "ok"}, {"role": "user", "content": f"and {n}?"}]
+
+        try:
+            for via in ("openai", "anthropic"):
+                await turn(via, f"customer-42-{via}", "Where is my order?", 2)
+                # The same run's next call: its session cap holds with an end-user id as much as without one.
+                with pytest.raises((openai.RateLimitError, anthropic.RateLimitError)) as err:
+                    await turn(via, f"customer-42-{via}", "Where is my order?", 1)
+                assert "session limit of 2 calls" in str(err.value)
+                assert f"customer-42-{via}" not in str(err.value)  # the session id is a hash: no end-user id
+                await turn(via, f"customer-42-{via}", "Cancel my subscription.", 2)  # the same customer's next run
+                await turn(via, f"customer-7-{via}", "Where is my order?", 2)  # another customer, same opening
+        finally:
+            await oa.close()
+        assert len(sim.requests) == 2 * (2 + 2 + 2)  # per provider: a run to its cap, the next run, another user
+
+
 async def test_session_token_limit(sim: SimUpstream, tmp_path: Path) -> None:
     cfg = config(sqlite_url(tmp_path), {"limits": {"session": {"max_tokens": 100}}})
     async with gateway(cfg, sim, telemetry=None) as gw:

@@ -1,9 +1,14 @@
 """Which agent run (session) a request belongs to.
 
-In order: the ``x-otelgate-session`` header; an id the caller put in the body (Anthropic ``metadata.user_id``,
-of Claude Code's only its per-run ``session_id``; OpenAI ``conversation``, ``user``, ``safety_identifier``,
-``prompt_cache_key``); the session of the response a Responses request continues (``previous_response_id``);
-else a hash of the caller's credential and the conversation's opening (system prompt and first user message).
+In order: the ``x-otelgate-session`` header; a run id the caller put in the body (Claude Code's per-run
+``session_id`` inside Anthropic ``metadata.user_id``; an OpenAI ``conversation``); the session of the response a
+Responses request continues (``previous_response_id``); else a hash of the caller's credential, the end user the
+body names (Anthropic ``metadata.user_id``; OpenAI ``user``, ``safety_identifier``, ``prompt_cache_key``) and the
+conversation's opening (system prompt and first user message).
+
+An end-user id is not a session of its own: an application passes the same one on every run it makes for that
+user (both providers ask for it, for abuse monitoring), so every run of a user's day would share one session cap.
+It does keep apart the runs of two users that open with the same words.
 
 A request that continues a stored response sends only the new items: no user message, so nothing to hash, and
 each turn would have been a session of its own, out of reach of session caps. Which session each response
@@ -58,7 +63,9 @@ class Sessions:
             # per-call setup of OpenSSL's SHA-256, and only 8 bytes are kept anyway.)
             headers = ctx.request.headers
             credential = next((headers[h] for h in provider.auth_headers if h in headers), "")
-            digest = hashlib.blake2b(f"{credential}\x00{seed}".encode("utf-8", "surrogatepass"), digest_size=8)
+            end_user = provider.end_user(ctx.json) or ""
+            key = f"{credential}\x00{end_user}\x00{seed}"
+            digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8)
             ctx.session_id, ctx.session_source = "conv-" + digest.hexdigest(), "hash"
 
     def remember(self, ctx: RequestContext) -> None:

@@ -143,11 +143,15 @@ class AnthropicProvider(Provider):
         body["max_tokens"] = value
 
     def session_hint(self, body: dict[str, Any]) -> str | None:
+        user = self.end_user(body)
+        return _claude_code_session(user) if user else None
+
+    def end_user(self, body: dict[str, Any]) -> str | None:
         metadata = body.get("metadata")
         if isinstance(metadata, dict):
             user = metadata.get("user_id")
             if isinstance(user, str) and user:
-                return _claude_code_session(user) or user
+                return user
         return None
 
     def conversation_seed(self, body: dict[str, Any]) -> str | None:

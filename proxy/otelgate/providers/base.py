@@ -115,7 +115,14 @@ class Provider(ABC):
 
     @abstractmethod
     def session_hint(self, body: dict[str, Any]) -> str | None:
-        """An agent-run id the caller put in the body (Anthropic metadata.user_id, OpenAI user)."""
+        """An agent-run id the caller put in the body (Claude Code's session id in Anthropic metadata.user_id,
+        an OpenAI Conversations API id)."""
+
+    @abstractmethod
+    def end_user(self, body: dict[str, Any]) -> str | None:
+        """Who or what the caller serves, by the body's own account (Anthropic metadata.user_id, OpenAI user,
+        safety_identifier, prompt_cache_key): not a run, since one end user has many runs, but runs of two end
+        users that open alike are not the same run."""
 
     @abstractmethod
     def conversation_seed(self, body: dict[str, Any]) -> str | None:

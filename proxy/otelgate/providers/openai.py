@@ -226,6 +226,11 @@ class OpenAIProvider(Provider):
             conversation = conversation.get("id")
         if isinstance(conversation, str) and conversation:
             return conversation
+        return None
+
+    def end_user(self, body: dict[str, Any]) -> str | None:
+        # prompt_cache_key is a cache bucket the caller chooses (often one per prompt template); the other two are
+        # per end user by the API's definition. Codex sends its conversation id there: a run's turns still agree.
         for field in ("user", "safety_identifier", "prompt_cache_key"):
             value = body.get(field)
             if isinstance(value, str) and value:
