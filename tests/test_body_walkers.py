@@ -38,12 +38,12 @@ KEYS = st.sampled_from([
     "max_tokens", "usage", "input_tokens", "output_tokens", "choices", "message", "tool_calls", "delta",
     "stop_reason", "finish_reason", "detail", "url", "title", "context", "citations", "cache_control",
     "conversation", "previous_response_id", "store", "prompt_cache_key", "safety_identifier", "n",
-    "stream_options",
+    "stream_options", "action",
 ]) | st.text(max_size=6)
 VALUES = st.sampled_from([
     "text", "image", "image_url", "input_image", "tool_use", "tool_result", "document", "function", "user",
     "assistant", "system", "developer", "tool", "function_call", "function_call_output", "message", "input_text",
-    "output_text", "search", "read_file",
+    "output_text", "search", "read_file", "web_search_call", "file_search_call",
 ])
 leaf = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | VALUES | st.text(
     max_size=12)

@@ -245,6 +245,32 @@ async def test_server_side_web_searches_are_charged(sim: SimUpstream, tmp_path: 
     assert spent == pytest.approx(0.045)
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_openai_built_in_search_tools_are_charged(sim: SimUpstream, tmp_path: Path, stream: bool) -> None:
+    """OpenAI bills the Responses API's web_search ($10 per 1 000 searches) and file_search ($2.50 per 1 000 calls)
+    per call, on top of the tokens; the usage block counts tokens only, the output items say which tools ran.
+    10 input + 5 output tokens ($0.015), 3 web searches ($0.03), 2 file searches ($0.005): $0.05."""
+    cfg = config(sqlite_url(tmp_path), {"budgets": [{"window": "day", "usd": 100.0}]})
+    fault = json.dumps({"text": "done", "usage": {"input_tokens": 10, "output_tokens": 5, "web_search_requests": 3,
+                                                  "file_search_requests": 2}})
+    async with gateway(cfg, sim, telemetry=None) as gw:
+        c = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key=KEY_A, max_retries=0,
+                               default_headers={"x-sim-fault": fault})
+        try:
+            tools: Any = [{"type": "web_search"}, {"type": "file_search", "vector_store_ids": ["vs_1"]}]
+            if stream:
+                events = await c.responses.create(model=MODEL, input="Find it.", tools=tools, stream=True)
+                (final,) = [e.response async for e in events if e.type == "response.completed"]
+            else:
+                final = await c.responses.create(model=MODEL, input="Find it.", tools=tools)
+        finally:
+            await c.close()
+        kinds = [item.type for item in final.output]
+        assert kinds.count("web_search_call") == 3 and kinds.count("file_search_call") == 2
+        spent = row(await usage_rows(gw, scope="key", id="agent-a"), "key", "agent-a", "usd")
+        assert spent["spent"] == pytest.approx(0.05) and spent["reserved"] == 0
+
+
 async def test_a_derived_session_survives_prompt_caching_markers(sim: SimUpstream, tmp_path: Path) -> None:
     """An agent loop that marks its newest message for prompt caching (the SDKs' documented pattern) moves
     `cache_control` off the first user message after turn one. The loop is still one session: its cap holds."""

@@ -33,7 +33,8 @@ class Usage:
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     cache_write_1h_tokens: int = 0  # of cache_write_tokens, those written for one hour (Anthropic; billed higher)
-    web_searches: int = 0  # server-side web searches the call made (Anthropic), billed per search
+    web_searches: int = 0  # server-side web searches the call made (Anthropic, OpenAI Responses), billed per search
+    file_searches: int = 0  # server-side file searches (OpenAI Responses file_search_call), billed per call
     known: bool = False  # False until the provider told us anything
 
     @property

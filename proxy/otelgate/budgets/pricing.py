@@ -34,7 +34,8 @@ class TokenUsage:
     cache_read: int = 0
     cache_write: int = 0
     cache_write_1h: int = 0
-    web_searches: int = 0  # server-side searches (Anthropic's web search tool), billed per search
+    web_searches: int = 0  # server-side web searches (Anthropic's and OpenAI's web search tools), billed per search
+    file_searches: int = 0  # OpenAI's file search tool calls, billed per call
 
     @property
     def prompt_tokens(self) -> int:
@@ -114,11 +115,14 @@ class PriceQuote:
     matched: str | None  # the table id it resolved to; None when unknown
     known: bool
     price: ModelPrice
-    web_search_usd: float = 0.0  # per server-side search
+    web_search_usd: float = 0.0  # per server-side web search
+    file_search_usd: float = 0.0  # per file search tool call
 
     def cost(self, usage: TokenUsage) -> float:
         tokens = self.price.rates_for(usage.prompt_tokens).cost(usage)
-        return tokens + usage.web_searches * self.web_search_usd if usage.web_searches else tokens
+        if usage.web_searches or usage.file_searches:  # per-call tool fees, on top of the tokens
+            return tokens + usage.web_searches * self.web_search_usd + usage.file_searches * self.file_search_usd
+        return tokens
 
 
 def _normalise(model: str) -> str:
@@ -159,6 +163,7 @@ class Pricing:
         self._by_length = sorted(self._models, key=len, reverse=True)
         self._cache: dict[str, PriceQuote] = {}
         self._search_usd = float(doc.get("web_search_per_1000", 0)) / 1000
+        self._file_search_usd = float(doc.get("file_search_per_1000", 0)) / 1000
 
     def models(self) -> list[str]:
         return sorted(self._models)
@@ -173,17 +178,17 @@ class Pricing:
 
     def _resolve(self, model: str) -> PriceQuote:
         if model in self._models:
-            return PriceQuote(model, model, True, self._models[model], self._search_usd)
+            return PriceQuote(model, model, True, self._models[model], self._search_usd, self._file_search_usd)
         candidates = [_normalise(model)]
         candidates.append(_DOTTED.sub("-", candidates[0]))  # claude-sonnet-4.5 -> claude-sonnet-4-5
         for c in candidates:
             if c in self._models:
-                return PriceQuote(model, c, True, self._models[c], self._search_usd)
+                return PriceQuote(model, c, True, self._models[c], self._search_usd, self._file_search_usd)
         for c in candidates:
             for mid in self._by_length:
                 if c.startswith(mid + "-") or c.startswith(mid + "."):
-                    return PriceQuote(model, mid, True, self._models[mid], self._search_usd)
-        return PriceQuote(model, None, False, self._default, self._search_usd)
+                    return PriceQuote(model, mid, True, self._models[mid], self._search_usd, self._file_search_usd)
+        return PriceQuote(model, None, False, self._default, self._search_usd, self._file_search_usd)
 
     def cost(self, model: str, usage: TokenUsage) -> float:
         return self.quote(model).cost(usage)

@@ -281,7 +281,8 @@ class BudgetFilter:
             tokens = TokenUsage(input=usage.input_tokens, output=usage.output_tokens,
                                 cache_read=usage.cache_read_tokens,
                                 cache_write=usage.cache_write_tokens - usage.cache_write_1h_tokens,
-                                cache_write_1h=usage.cache_write_1h_tokens, web_searches=usage.web_searches)
+                                cache_write_1h=usage.cache_write_1h_tokens, web_searches=usage.web_searches,
+                                file_searches=usage.file_searches)
             ctx.cost_usd = quote.cost(tokens)
             return Amount(usd=ctx.cost_usd, tokens=usage.total, calls=1)
         status = ctx.result.status

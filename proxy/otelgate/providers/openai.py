@@ -178,10 +178,21 @@ def _parse_response_object(response: dict[str, Any], result: Result) -> None:
     if status:
         result.finish_reasons = [status]
     _apply_usage(result, response.get("usage"))
+    web_searches = file_searches = 0
     for item in response.get("output") or []:
-        if isinstance(item, dict) and item.get("type") == "function_call":
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind == "function_call":
             if not any(call.id == item.get("call_id") for call in result.tool_calls):
                 result.tool_calls.append(ToolCall(id=item.get("call_id", ""), name=item.get("name", "")))
+        elif kind == "web_search_call":
+            # Billed per search; an action that opens or reads a page it found is not a search.
+            action = item.get("action")
+            if not isinstance(action, dict) or action.get("type") in (None, "search"):
+                web_searches += 1
+        elif kind == "file_search_call":
+            file_searches += 1
+    # The built-in tools' fees, billed per call: the usage block counts tokens only.
+    result.usage.web_searches, result.usage.file_searches = web_searches, file_searches
 
 
 # Where a message's text sits, by its role (screening locations).

@@ -50,7 +50,8 @@ Anthropic vocabulary (``end_turn``, ``max_tokens``, ``tool_use``, ``stop_sequenc
 Anthropic terms; OpenAI sees ``prompt_tokens = input + cache_read + cache_creation``, ``cached_tokens = cache_read``.
 ``cache_creation_1h_input_tokens`` says how many of the written tokens were for one hour (Anthropic's
 ``usage.cache_creation`` split; the rest are five-minute writes). ``web_search_requests`` becomes Anthropic's
-``usage.server_tool_use``.
+``usage.server_tool_use`` and, on the Responses API, that many ``web_search_call`` output items;
+``file_search_requests`` that many ``file_search_call`` items (Responses only).
 ``chunks`` is the number of text deltas a streamed text is split into; ``delay`` is seconds before the headers.
 
 Error steps (answered in the provider's own error shape, with the given headers)::

@@ -45,7 +45,8 @@ class Usage:
     cache_read_input_tokens: int = 0
     cache_creation_input_tokens: int = 0
     cache_creation_1h_input_tokens: int = 0  # of cache_creation_input_tokens, those written for one hour
-    web_search_requests: int = 0  # server-side searches (Anthropic usage.server_tool_use)
+    web_search_requests: int = 0  # server-side searches (Anthropic usage.server_tool_use; OpenAI web_search_call)
+    file_search_requests: int = 0  # OpenAI Responses file_search_call items
 
     @property
     def openai_prompt_tokens(self) -> int:
@@ -154,6 +155,7 @@ def build_reply(step: Step | None, body: dict[str, Any], api: Api, default_chunk
         cache_creation_input_tokens=scripted.get("cache_creation_input_tokens", 0),
         cache_creation_1h_input_tokens=scripted.get("cache_creation_1h_input_tokens", 0),
         web_search_requests=scripted.get("web_search_requests", 0),
+        file_search_requests=scripted.get("file_search_requests", 0),
     )
     chunks = (step.chunks if step and step.chunks else None) or default_chunks
     return Reply(model=model, text=text, tool_calls=tool_calls, stop_reason=stop_reason, usage=usage,

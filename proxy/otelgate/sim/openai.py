@@ -153,15 +153,28 @@ class _ResponseItems:
     def __init__(self, reply: Reply) -> None:
         self.message_id = hex_id("msg_", 24) if reply.text else None
         self.call_ids = [hex_id("fc_", 24) for _ in reply.tool_calls]
+        # The built-in tools ran before the answer: their items come first, each with an id of its own.
+        self.searches = [_web_search_item(hex_id("ws_", 24)) for _ in range(reply.usage.web_search_requests)]
+        self.searches += [_file_search_item(hex_id("fs_", 24)) for _ in range(reply.usage.file_search_requests)]
 
     def done(self, reply: Reply) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
+        items: list[dict[str, Any]] = list(self.searches)
         if self.message_id:
             items.append({"id": self.message_id, "type": "message", "status": "completed", "role": "assistant",
                           "content": [_text_part(reply.text or "")]})
         for item_id, call in zip(self.call_ids, reply.tool_calls, strict=True):
             items.append(_call_item(item_id, call.id, call.name, call.arguments, "completed"))
         return items
+
+
+def _web_search_item(item_id: str) -> dict[str, Any]:
+    return {"id": item_id, "type": "web_search_call", "status": "completed",
+            "action": {"type": "search", "query": "simulated search"}}
+
+
+def _file_search_item(item_id: str) -> dict[str, Any]:
+    return {"id": item_id, "type": "file_search_call", "status": "completed", "queries": ["simulated search"],
+            "results": None}
 
 
 def _text_part(text: str) -> dict[str, Any]:
@@ -210,21 +223,25 @@ def response_events(reply: Reply, rid: str, created: int, body: dict[str, Any]) 
     ev("response.created", {"response": _response(reply, rid, created, body, "in_progress", [], False)})
     ev("response.in_progress", {"response": _response(reply, rid, created, body, "in_progress", [], False)})
     index = 0
+    for search in items.searches:
+        ev("response.output_item.added", {"output_index": index, "item": {**search, "status": "in_progress"}})
+        ev("response.output_item.done", {"output_index": index, "item": search})
+        index += 1
     if items.message_id:
         mid, text = items.message_id, reply.text or ""
-        ev("response.output_item.added", {"output_index": 0, "item": {
+        ev("response.output_item.added", {"output_index": index, "item": {
             "id": mid, "type": "message", "status": "in_progress", "role": "assistant", "content": []}})
-        ev("response.content_part.added", {"item_id": mid, "output_index": 0, "content_index": 0,
+        ev("response.content_part.added", {"item_id": mid, "output_index": index, "content_index": 0,
                                            "part": _text_part("")})
         for piece in split(text, reply.chunks):
-            ev("response.output_text.delta", {"item_id": mid, "output_index": 0, "content_index": 0,
+            ev("response.output_text.delta", {"item_id": mid, "output_index": index, "content_index": 0,
                                               "delta": piece, "logprobs": []})
-        ev("response.output_text.done", {"item_id": mid, "output_index": 0, "content_index": 0, "text": text,
+        ev("response.output_text.done", {"item_id": mid, "output_index": index, "content_index": 0, "text": text,
                                          "logprobs": []})
-        ev("response.content_part.done", {"item_id": mid, "output_index": 0, "content_index": 0,
+        ev("response.content_part.done", {"item_id": mid, "output_index": index, "content_index": 0,
                                           "part": _text_part(text)})
-        ev("response.output_item.done", {"output_index": 0, "item": items.done(reply)[0]})
-        index = 1
+        ev("response.output_item.done", {"output_index": index, "item": items.done(reply)[index]})
+        index += 1
     for item_id, call in zip(items.call_ids, reply.tool_calls, strict=True):
         ev("response.output_item.added", {"output_index": index,
                                           "item": _call_item(item_id, call.id, call.name, "", "in_progress")})

@@ -35,7 +35,8 @@ ANSWER_KEYS = frozenset({"text", "tool_call", "tool_calls", "usage", "stop_reaso
                          "headers"})
 ERROR_KEYS = frozenset({"status", "headers", "message", "type", "code", "delay"})
 USAGE_KEYS = frozenset({"input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens",
-                        "cache_creation_1h_input_tokens", "web_search_requests"})
+                        "cache_creation_1h_input_tokens", "web_search_requests",
+                        "file_search_requests"})
 TOOL_CALL_KEYS = frozenset({"name", "input", "id"})
 TRUNCATE_MODES = frozenset({"cut", "invalid"})
 
