@@ -209,6 +209,43 @@ async def test_claim_once(ledger: Ledger) -> None:
     assert results.count(True) == 1
 
 
+async def test_notes_are_shared_and_expire(ledger: Ledger, tmp_path: Path) -> None:
+    """remember/recall: what one process notes (the session of a stored answer), another reads back, until the TTL."""
+    await ledger.remember("response-session:resp_1", "run-a", 60)
+    await ledger.remember("response-session:resp_2", "run-b", 0.001)
+    await ledger.remember("response-session:resp_1", "run-c", 60)  # the last write wins
+    if isinstance(ledger, SqliteLedger):  # a second process: its own connection to the same file
+        other: Ledger = SqliteLedger(str(tmp_path / "ledger.db"))
+    else:
+        assert isinstance(ledger, RedisLedger)
+        other = RedisLedger(ledger.url, prefix=ledger.prefix)
+    try:
+        assert await other.recall("response-session:resp_1") == "run-c"
+        deadline = time.monotonic() + 5
+        while await other.recall("response-session:resp_2") is not None:  # expired within milliseconds
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        assert await other.recall("response-session:never") is None
+    finally:
+        await other.close()
+
+
+async def test_notes_never_wait_past_the_timeout_on_a_hung_store(redis_factory) -> None:  # type: ignore[no-untyped-def]
+    srv = redis_factory()
+    led = ResilientLedger(RedisLedger(srv.url), on_error="closed", timeout=0.25)
+    try:
+        await led.remember("n", "v", 60)
+        assert await led.recall("n") == "v"
+        srv.pause()
+        t = time.monotonic()
+        await led.remember("n", "w", 60)  # not kept, not raised: a note only helps other replicas
+        assert await led.recall("n") is None  # unknown, as if never noted: the caller falls back
+        assert time.monotonic() - t < 1.2
+    finally:
+        srv.resume()
+        await led.close()
+
+
 # -- the overspend bound under concurrency ----------------------------------------------------------------
 async def race(led: Ledger, lim: Limit, n: int, reserve_usd: float, over: float, seed: int,
                tag: str) -> tuple[int, float]:

@@ -24,6 +24,7 @@ from typing import Any
 
 import aiohttp
 import anthropic
+import openai
 import pytest
 import yaml
 
@@ -40,7 +41,8 @@ PRICE = {"input": 1000.0, "output": 1000.0}  # $0.001 per token
 FIXED = json.dumps({"text": "one two three four five", "usage": {"input_tokens": 10, "output_tokens": 5}})
 DAILY_USD = 0.30
 RPM = 6
-KEYS = {name: f"sk-ant-{name}-SECRET" for name in ("alone", "shared", "burst", "paced", "traced")}
+KEYS = {name: f"sk-ant-{name}-SECRET" for name in ("alone", "shared", "burst", "paced", "traced", "continued")}
+SESSION_CALLS = 3
 LISTENING = re.compile(r"otelgate listening on (http://[\d.]+:\d+)")
 SIM_LISTENING = re.compile(r"(http://127\.0\.0\.1:\d+)")
 
@@ -88,14 +90,17 @@ def _config(redis_url: str, sim_url: str) -> dict[str, Any]:
     budget = [{"window": "day", "usd": DAILY_USD}]
     keys: list[dict[str, Any]] = [
         {"id": name, "key_sha256": key_hash(secret), "budgets": budget}
-        for name, secret in KEYS.items() if name not in ("paced", "traced")
+        for name, secret in KEYS.items() if name not in ("paced", "traced", "continued")
     ]
+    keys.append({"id": "continued", "key_sha256": key_hash(KEYS["continued"]),
+                 "limits": {"session": {"max_calls": SESSION_CALLS}}})
     keys.append({"id": "traced", "key_sha256": key_hash(KEYS["traced"])})
     keys.append({"id": "paced", "key_sha256": key_hash(KEYS["paced"]), "limits": {"requests_per_minute": RPM}})
     return {
         "server": {"host": "127.0.0.1", "port": 0},
         "auth": {"mode": "virtual_keys", "admin_key": ADMIN},
-        "upstreams": {"anthropic": {"base_url": sim_url, "api_key": "sk-upstream", "retry": {"max_attempts": 1}}},
+        "upstreams": {"anthropic": {"base_url": sim_url, "api_key": "sk-upstream", "retry": {"max_attempts": 1}},
+                      "openai": {"base_url": sim_url + "/v1", "api_key": "sk-upstream", "retry": {"max_attempts": 1}}},
         "keys": keys,
         # Two processes under test on a shared machine: the store call may wait for its turn (docs/budgets.md).
         "budgets": {"store": redis_url, "store_timeout": 5.0, "pricing": {MODEL: PRICE}},
@@ -237,6 +242,28 @@ async def test_a_rate_limit_holds_across_replicas(replicas: list[str]) -> None:
     assert results[:RPM] == [200] * RPM
     for client in clients:
         await client.close()
+
+
+async def test_a_responses_run_that_continues_on_the_other_replica_stays_one_session(replicas: list[str]) -> None:
+    """A Responses agent that carries on with `previous_response_id` sends only the new items: no user message to
+    hash. The replica that answered a turn shares which session it belonged to through the store, so the next
+    turn, sent to the other replica by the load balancer, is the same run and the session cap holds."""
+    clients = [openai.AsyncOpenAI(base_url=url + "/v1", api_key=KEYS["continued"], max_retries=0,
+                                  default_headers={"x-sim-fault": FIXED}) for url in replicas]
+    try:
+        answer = await clients[0].responses.create(model=MODEL, input="Count the files.", max_output_tokens=10)
+        for n in range(1, SESSION_CALLS):
+            output = [{"type": "function_call_output", "call_id": f"call_{n}", "output": "42"}]
+            answer = await clients[n % 2].responses.create(model=MODEL, input=output, previous_response_id=answer.id,
+                                                           max_output_tokens=10)
+        with pytest.raises(openai.RateLimitError) as err:
+            await clients[SESSION_CALLS % 2].responses.create(
+                model=MODEL, input=[{"type": "function_call_output", "call_id": "call_9", "output": "42"}],
+                previous_response_id=answer.id, max_output_tokens=10)
+        assert f"session limit of {SESSION_CALLS} calls" in err.value.message
+    finally:
+        for client in clients:
+            await client.close()
 
 
 async def test_both_replicas_report_to_one_collector_as_two_instances(

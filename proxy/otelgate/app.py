@@ -143,7 +143,11 @@ def create_app(
         "anthropic": Upstream("anthropic", settings.upstreams.anthropic),
         "openai": Upstream("openai", settings.upstreams.openai),
     }
-    pipeline = Pipeline(settings, [*build_filters(settings, telemetry), *extra_filters], upstreams)
+    filters = build_filters(settings, telemetry)
+    pipeline = Pipeline(settings, [*filters, *extra_filters], upstreams)
+    # Which session a stored Responses answer belongs to is shared through the budgets' store, so that a
+    # continuation reaching another worker or replica stays in its run.
+    pipeline.sessions.shared = next((f for f in filters if isinstance(f, BudgetFilter)), None)
     if telemetry is not None:
         # Circuit state and in-flight counts are read at collection time, never on the request path.
         for upstream in upstreams.values():

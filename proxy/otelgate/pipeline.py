@@ -76,7 +76,7 @@ class Pipeline:
             f for f in self.filters if hasattr(f, "request") and not getattr(f, "observer", False)
         ]
         self._response_hooks = [f for f in self.filters if hasattr(f, "response")]
-        self.sessions = Sessions()
+        self.sessions = Sessions(ttl_seconds=settings.budgets.session_ttl_seconds)
         # Upstreams that refused to be asked for stream usage (Provider.refuses_stream_usage): asked no more here.
         self._refuse_stream_usage: set[str] = set()
         self.inflight = 0
@@ -96,6 +96,7 @@ class Pipeline:
                     ran.append(stage)
                     await stage.request(ctx)
                 response = await self._exchange(ctx)
+                self.sessions.remember(ctx)  # before the answer goes out: its continuation may come right after
             except GatewayError as error:
                 if ctx.outcome == "ok":
                     ctx.outcome = "rejected"
@@ -122,7 +123,6 @@ class Pipeline:
             return response
         finally:
             self.inflight -= 1
-            self.sessions.remember(ctx)
             if ran:
                 # Shielded: settlement and telemetry must complete even when the agent went away.
                 await asyncio.shield(self._done(ctx, ran))
@@ -182,7 +182,7 @@ class Pipeline:
             if ctx.asked_stream_usage is not None:
                 ctx.body_modified = True
         if ctx.route.generates:
-            self.sessions.resolve(ctx, ctx.provider)
+            await self.sessions.resolve(ctx, ctx.provider)
             ctx.tool_results = ctx.provider.tool_results(ctx.json)
 
     def _upstream_headers(self, ctx: RequestContext) -> CIMultiDict[str]:

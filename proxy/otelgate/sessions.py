@@ -12,31 +12,51 @@ It does keep apart the runs of two users that open with the same words.
 
 A request that continues a stored response sends only the new items: no user message, so nothing to hash, and
 each turn would have been a session of its own, out of reach of session caps. Which session each response
-belonged to is remembered here, per process: behind a load balancer a continuation that reaches another
-replica falls back to the hash (docs/scaling.md).
+belonged to is remembered here, per process, and written to the shared store (Redis or SQLite, the budgets'
+store) as the answer goes out, so that a continuation reaching another worker or replica finds it there
+(docs/scaling.md). The store is asked only when this process does not know the answer, within the store's
+timeout; when it is down or slow the continuation falls back to the hash.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 from collections import OrderedDict
+from typing import Protocol
 
 from otelgate.context import RequestContext
 from otelgate.providers import Provider
+
+log = logging.getLogger(__name__)
 
 SESSION_HEADER = "x-otelgate-session"
 MAX_ID_CHARS = 200
 # An agent continues its latest answer, so only the newest matter: one per run in flight. At most ~7 MB (ids of
 # ~50 characters, session ids of up to 200).
 REMEMBERED_RESPONSES = 16_384
+NOTE_PREFIX = "response-session:"
+
+
+class SharedNotes(Protocol):
+    """Notes every replica can read (``Ledger.remember`` / ``Ledger.recall``)."""
+
+    async def remember(self, name: str, value: str, ttl_seconds: float) -> None: ...
+
+    async def recall(self, name: str) -> str | None: ...
 
 
 class Sessions:
-    def __init__(self, remembered: int = REMEMBERED_RESPONSES) -> None:
+    def __init__(self, remembered: int = REMEMBERED_RESPONSES, shared: SharedNotes | None = None,
+                 ttl_seconds: float = 86400.0) -> None:
         self._by_response: OrderedDict[str, str] = OrderedDict()
         self._remembered = remembered
+        self.shared = shared
+        self.ttl_seconds = ttl_seconds  # a continuation later than a session's TTL starts a new session anyway
+        self._writes: set[asyncio.Task[None]] = set()
 
-    def resolve(self, ctx: RequestContext, provider: Provider) -> None:
+    async def resolve(self, ctx: RequestContext, provider: Provider) -> None:
         """Set ctx.session_id and ctx.session_source (header | metadata | previous_response | hash), or leave
         them None when nothing identifies a run."""
         assert ctx.json is not None
@@ -51,6 +71,8 @@ class Sessions:
         previous = provider.continues(ctx.json)
         if previous is not None:
             session = self._by_response.get(previous)
+            if session is None and self.shared is not None:
+                session = await self.shared.recall(NOTE_PREFIX + previous)
             if session is not None:
                 ctx.session_id, ctx.session_source = session, "previous_response"
                 return
@@ -78,3 +100,14 @@ class Sessions:
         self._by_response[response_id] = ctx.session_id
         if len(self._by_response) > self._remembered:
             self._by_response.popitem(last=False)
+        if self.shared is not None:  # for the other processes; the answer does not wait for it
+            task = asyncio.get_running_loop().create_task(self._share(response_id, ctx.session_id))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+
+    async def _share(self, response_id: str, session: str) -> None:
+        assert self.shared is not None
+        try:
+            await self.shared.remember(NOTE_PREFIX + response_id, session, self.ttl_seconds)
+        except Exception as exc:  # a closed store at shutdown: the note only helps other replicas
+            log.debug("could not share the session of %s: %s", response_id, exc)

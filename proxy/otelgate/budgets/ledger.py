@@ -246,6 +246,15 @@ class Ledger(abc.ABC):
         """Set ``mark`` if absent (atomically across replicas); True for the one caller that set it."""
 
     @abc.abstractmethod
+    async def remember(self, name: str, value: str, ttl_seconds: float) -> None:
+        """Keep a short note every replica can read back with ``recall`` for ``ttl_seconds`` (the session a
+        stored answer belonged to): not budget state, the last write wins."""
+
+    @abc.abstractmethod
+    async def recall(self, name: str) -> str | None:
+        """A note ``remember`` kept and that has not expired, else None."""
+
+    @abc.abstractmethod
     async def ping(self) -> None: ...
 
     @abc.abstractmethod

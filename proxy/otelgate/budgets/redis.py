@@ -246,6 +246,13 @@ class RedisLedger(Ledger):
     async def claim_once(self, mark: str, ttl_seconds: float) -> bool:
         return bool(await self._r.set(self.prefix + "m:" + mark, "1", nx=True, px=max(1, int(ttl_seconds * 1000))))
 
+    async def remember(self, name: str, value: str, ttl_seconds: float) -> None:
+        await self._r.set(self.prefix + "n:" + name, value, px=max(1, int(ttl_seconds * 1000)))
+
+    async def recall(self, name: str) -> str | None:
+        value = await self._r.get(self.prefix + "n:" + name)
+        return str(value) if value is not None else None
+
     async def ping(self) -> None:
         await self._r.ping()
 

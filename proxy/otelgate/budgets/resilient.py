@@ -286,6 +286,24 @@ class ResilientLedger(Ledger):
                 pass
         return await self.local.claim_once(mark, ttl_seconds)  # replicas may repeat an alert while down
 
+    async def remember(self, name: str, value: str, ttl_seconds: float) -> None:
+        # A note only helps another replica: while the store is down (or slow) it is not kept, nothing waits.
+        deadline = self._deadline()
+        if await self._healthy(deadline):
+            try:
+                await self._call(lambda: self.inner.remember(name, value, ttl_seconds), deadline)
+            except StoreUnavailable:
+                pass
+
+    async def recall(self, name: str) -> str | None:
+        deadline = self._deadline()
+        if await self._healthy(deadline):
+            try:
+                return await self._call(lambda: self.inner.recall(name), deadline)
+            except StoreUnavailable:
+                pass
+        return None
+
     # -- visibility -------------------------------------------------------------------------------------
     async def usage(self, scope: str | None = None, scope_id: str | None = None, *,
                     limits: list[Limit] | None = None, now: float | None = None) -> list[UsageRow]:

@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS limits (rk TEXT PRIMARY KEY, spec TEXT NOT NULL, expi
   WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS marks (k TEXT PRIMARY KEY, expires_at REAL NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rates (k TEXT PRIMARY KEY, level REAL NOT NULL, at REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS notes (k TEXT PRIMARY KEY, v TEXT NOT NULL, expires_at REAL NOT NULL) WITHOUT ROWID;
 """
 
 # One statement adds a delta to a counter, creating it when missing. Reserved amounts never go below zero (a
@@ -262,6 +263,7 @@ class SqliteLedger(Ledger):
             c.execute("DELETE FROM marks WHERE expires_at < ?", (now,))
             c.execute("DELETE FROM limits WHERE expires_at < ?", (now,))
             c.execute("DELETE FROM rates WHERE at < ?", (now - 120,))
+            c.execute("DELETE FROM notes WHERE expires_at < ?", (now,))
             c.execute("COMMIT")
         except BaseException:
             if c.in_transaction:
@@ -463,6 +465,17 @@ class SqliteLedger(Ledger):
     async def claim_once(self, mark: str, ttl_seconds: float) -> bool:
         now = time.time()
         return await self._run(lambda c: self._claim(c, mark, ttl_seconds, now))
+
+    async def remember(self, name: str, value: str, ttl_seconds: float) -> None:
+        expires_at = time.time() + ttl_seconds
+        await self._run(lambda c: c.execute("INSERT OR REPLACE INTO notes (k, v, expires_at) VALUES (?, ?, ?)",
+                                            (name, value, expires_at)))
+
+    async def recall(self, name: str) -> str | None:
+        now = time.time()
+        row = await self._run(lambda c: c.execute("SELECT v FROM notes WHERE k = ? AND expires_at >= ?",
+                                                  (name, now)).fetchone())
+        return str(row[0]) if row else None
 
     async def ping(self) -> None:
         await self._run(lambda c: c.execute("SELECT 1").fetchone())

@@ -194,6 +194,14 @@ class BudgetFilter:
             await self.ledger.close()
         self.ledger = self.alerter = None
 
+    # --- notes shared through the store (sessions.SharedNotes) -----------------------------------------------
+    async def remember(self, name: str, value: str, ttl_seconds: float) -> None:
+        if self.ledger is not None:
+            await self.ledger.remember(name, value, ttl_seconds)
+
+    async def recall(self, name: str) -> str | None:
+        return await self.ledger.recall(name) if self.ledger is not None else None
+
     def health_checks(self) -> dict[str, Any]:
         async def store() -> dict[str, Any]:
             if self.ledger is None:
