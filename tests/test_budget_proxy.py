@@ -420,6 +420,20 @@ async def test_an_end_user_id_is_not_a_run(sim: SimUpstream, tmp_path: Path) -> 
         assert len(sim.requests) == 2 * (2 + 2 + 2)  # per provider: a run to its cap, the next run, another user
 
 
+async def test_a_derived_session_is_forgotten_sooner_than_a_named_one(sim: SimUpstream, tmp_path: Path) -> None:
+    """A session the gateway derived from the conversation's opening cannot tell two runs with the same prompt
+    apart (a scheduled job, a test suite): only the pause between them can, so it is forgotten after
+    budgets.derived_session_ttl_seconds without a call. A run the caller names keeps budgets.session_ttl_seconds."""
+    cfg = config(sqlite_url(tmp_path), {"limits": {"session": {"max_calls": 5}}},
+                 budgets={"session_ttl_seconds": 7200, "derived_session_ttl_seconds": 600})
+    async with gateway(cfg, sim, telemetry=None) as gw:
+        await ask(client(gw))
+        await ask(client(gw, session="named-run"))
+        rows = await usage_rows(gw, scope="session")
+        windows = {r["id"].split("/", 1)[1].split("-")[0]: r["window"] for r in rows if r["unit"] == "calls"}
+        assert windows == {"conv": "session:600", "named": "session:7200"}
+
+
 async def test_session_token_limit(sim: SimUpstream, tmp_path: Path) -> None:
     cfg = config(sqlite_url(tmp_path), {"limits": {"session": {"max_tokens": 100}}})
     async with gateway(cfg, sim, telemetry=None) as gw:

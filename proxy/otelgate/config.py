@@ -226,6 +226,10 @@ class BudgetsConfig(_Model):
     reservation_ttl_seconds: float = Field(900.0, gt=0)
     # A session cap counts from the session's first call and forgets it after this long without a call.
     session_ttl_seconds: int = Field(86400, ge=60)
+    # The same for a session the gateway derived from the conversation's opening (the caller sent no run id): two
+    # runs of one agent with the same prompt (a scheduled job, a test suite) hash alike and are told apart only by
+    # the pause between them. A runaway loop never pauses, so its cap still holds.
+    derived_session_ttl_seconds: int = Field(1800, ge=60)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

@@ -37,6 +37,13 @@ MAX_ID_CHARS = 200
 # ~50 characters, session ids of up to 200).
 REMEMBERED_RESPONSES = 16_384
 NOTE_PREFIX = "response-session:"
+DERIVED_PREFIX = "conv-"  # the ids this module derives from a conversation's opening
+
+
+def is_derived(session_id: str, source: str | None) -> bool:
+    """Whether the gateway made this session id up (a hash), directly or through the answer a request continues,
+    rather than the caller naming its run."""
+    return source == "hash" or (source == "previous_response" and session_id.startswith(DERIVED_PREFIX))
 
 
 class SharedNotes(Protocol):
@@ -88,7 +95,7 @@ class Sessions:
             end_user = provider.end_user(ctx.json) or ""
             key = f"{credential}\x00{end_user}\x00{seed}"
             digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8)
-            ctx.session_id, ctx.session_source = "conv-" + digest.hexdigest(), "hash"
+            ctx.session_id, ctx.session_source = DERIVED_PREFIX + digest.hexdigest(), "hash"
 
     def remember(self, ctx: RequestContext) -> None:
         """After a response: a later request continuing it (by its id) belongs to this request's session."""

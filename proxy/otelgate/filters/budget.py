@@ -32,6 +32,7 @@ from otelgate.budgets import (
     open_ledger,
 )
 from otelgate.errors import GatewayError
+from otelgate.sessions import is_derived
 
 if TYPE_CHECKING:
     from otelgate.config import BudgetSpec, ModelPrice, Settings
@@ -120,11 +121,14 @@ def session_scope_id(principal: Principal, session_id: str) -> str:
 
 
 def principal_limits(settings: Settings, principal: Principal, session_id: str | None,
-                     cache: LimitCache | None = None) -> list[Limit]:
+                     cache: LimitCache | None = None, derived: bool = False) -> list[Limit]:
+    """The limits a request of `principal` reserves against; `derived`: the session id is the gateway's hash of
+    the conversation's opening, which forgets a session sooner (budgets.derived_session_ttl_seconds)."""
     out = list(cache.standing(principal)) if cache is not None else _standing_limits(settings, principal)
     caps = principal.limits.session
     if session_id and caps is not None and (caps.max_calls or caps.max_tokens or caps.max_usd):
-        window = Window.session(settings.budgets.session_ttl_seconds)
+        budgets = settings.budgets
+        window = Window.session(budgets.derived_session_ttl_seconds if derived else budgets.session_ttl_seconds)
         # A session belongs to its caller: two keys that name a run alike ("main", "run-1") must not spend each
         # other's session caps, which would let one tenant exhaust another's.
         out.append(Limit("session", session_scope_id(principal, session_id), window, usd=caps.max_usd,
@@ -225,7 +229,8 @@ class BudgetFilter:
     async def request(self, ctx: RequestContext) -> None:
         if not ctx.route.generates or ctx.principal is None or ctx.json is None or ctx.model is None:
             return
-        limits = principal_limits(self.settings, ctx.principal, ctx.session_id, self.limit_cache)
+        derived = ctx.session_id is not None and is_derived(ctx.session_id, ctx.session_source)
+        limits = principal_limits(self.settings, ctx.principal, ctx.session_id, self.limit_cache, derived)
         caps = ctx.principal.limits
         if not limits and not caps.requests_per_minute and not caps.tokens_per_minute:
             ctx.state[NAME] = _Hold(limits, None)  # nothing to reserve: the body is not even estimated
