@@ -166,11 +166,14 @@ _TRICKY = [r"(?:#{2,}\s*\(?|\[|<|\()\s*(?:system|sys)\s*(?:\)|\]|>|:)", r"!\[[^\
            r"\bsend\b[^.\n]{0,20}?\bto\s+\w+@\w+", r"(?P<q>['\"])x(?P=q)", r"(?:a|\.)+b", r"(?:ab|cd)+e",
            r"(?:a?b|c)", r"(x|y)\1", r"(?:\(|\[)\d+", r"(?:<|>)=?", r"a{0}b|cd", r"#{2,}x|!", r"(?:x|y)*z",
            r"a@?b", r"a\@b", r"[@]b", r"a(?:@)b", r"(?i)A@B|<", r"(?:^|\n)x:", r"x(?<=\(x)", r"(?:\]|\[)\]",
-           r"(?:-|\+)\d", r"\{|\}", r"a{2}@", r"(?:%|\$)\w+\.", r"(?:^|<)b", r"(?:\\|/)x"]
+           r"(?:-|\+)\d", r"\{|\}", r"a{2}@", r"(?:%|\$)\w+\.", r"(?:^|<)b", r"(?:\\|/)x",
+           # Heads behind a lookbehind, and heads that end in a comma (override.vocative_to_ai).
+           r"\b(?:(?<![^.!(])|(?<=[.!(] )|(?<=send ))(?:sys,|system,) ?x", r"\b(?<=@)(?:send|sys)\w*\b",
+           r"\bsend, (?:to|me)"]
 _PUNCT_VOCAB = ["#", "##", "###", "(", ")", "[", "]", "<", ">", ":", "!", "@", "'", '"', "x", "y", "z", "a", "b",
                 "c", "d", "e", "ab", "cd", "sys", "system", "send", "to", "me", ".", "=", "\n", " ", "  ", "1", "-",
                 "+", "%", "$", "\\", "/", "{", "}", "![", "](x)", "a@b", "\nx:", "'x'", "(x", "send to me@x", "aa@",
-                "%x.", "(12", "[]]", "<b"]
+                "%x.", "(12", "[]]", "<b", ",", "sys,", "system,", "@send", ". sys, x", "(system,x", "send, me"]
 
 
 def test_search_shortcuts_find_what_a_plain_search_finds() -> None:

@@ -151,7 +151,7 @@ def _top_level_alternation(src: str) -> bool:
 
 
 # Literal text at the start of a regex: letters and digits of any script, spaces and hyphens.
-_LITERAL_RE = re.compile(r"(?:[^\W_]|[ -])*")
+_LITERAL_RE = re.compile(r"(?:[^\W_]|[ ,-])*")  # a comma ends no head: "ai," is one (folded view)
 
 
 def _scan(src: str, start: int = 0) -> Iterator[tuple[int, str, int]]:
@@ -203,7 +203,7 @@ def _branch_heads(branch: str) -> list[str] | None:
     alternative, or None when that cannot be read off the branch."""
     if not branch.startswith("\\b"):
         return None
-    body = branch[2:]
+    body = _after_lookbehind(branch[2:])
     if body.startswith("(?:"):
         end = _group_end(body, 0)
         if end == -1 or body[end + 1:end + 2] in ("?", "*", "{", "+"):
@@ -220,6 +220,24 @@ def _branch_heads(branch: str) -> list[str] | None:
             return None  # a match starting at a space or hyphen is not at a token start
         out.append(lead)
     return out
+
+
+def _after_lookbehind(body: str) -> str:
+    """``body`` without its leading lookbehinds (``(?<=x)``, ``(?<!x)``, or a group of them as alternatives): they
+    say what comes before a match, not what the match starts with."""
+    while True:
+        end = _group_end(body, 0) if body.startswith("(?") else -1
+        if end == -1:
+            return body
+        if body.startswith(("(?<=", "(?<!")):
+            body = body[end + 1:]
+            continue
+        if not body.startswith("(?:") or body[end + 1:end + 2] in ("?", "*", "{", "+"):
+            return body
+        alternatives = _split_top(body[3:end])
+        if not all(a.startswith(("(?<=", "(?<!")) and _group_end(a, 0) == len(a) - 1 for a in alternatives):
+            return body
+        body = body[end + 1:]
 
 
 def _lead_heads(src: str) -> frozenset[str] | None:
