@@ -187,6 +187,7 @@ def create_app(
                 app[STATE_KEY].setdefault("checks", {}).update(checks())
 
     async def cleanup(app: web.Application) -> None:
+        await pipeline.sessions.close()  # its last notes go to the store before the store closes
         for stage in reversed(pipeline.filters):
             close = getattr(stage, "close", None)
             if close is not None:

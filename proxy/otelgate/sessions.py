@@ -112,6 +112,11 @@ class Sessions:
             self._writes.add(task)
             task.add_done_callback(self._writes.discard)
 
+    async def close(self) -> None:
+        """Wait for the notes still on their way to the store (each bounded by the store's timeout)."""
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
+
     async def _share(self, response_id: str, session: str) -> None:
         assert self.shared is not None
         try:
