@@ -78,7 +78,8 @@ def cmd_screen(args: argparse.Namespace) -> int:
             lines = source
         else:
             lines = [source.read()]
-        for verdict in screen_lines(lines, jsonl=args.jsonl, screener=screener, action=settings.screening.mode):
+        for verdict in screen_lines(lines, jsonl=args.jsonl, screener=screener, action=settings.screening.mode,
+                                    location=args.location):
             print(json.dumps(verdict, ensure_ascii=False))
     return 0
 
@@ -124,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     screen = sub.add_parser("screen", help="screen text for prompt injection; one JSON verdict per input")
     screen.add_argument("file", nargs="?", help="a file, or - / nothing for stdin")
     screen.add_argument("--jsonl", action="store_true", help="input rows are JSON objects with a text field")
+    screen.add_argument("--location", choices=["user", "tool_result", "system", "documents"],
+                        help="where the proxy would find the text (some rules count only in tool results and "
+                        "documents); default: every rule counts. A JSONL row's own location wins")
     screen.add_argument("--config")
     screen.set_defaults(func=cmd_screen)
 
