@@ -19,6 +19,7 @@ import yaml
 from otelgate.screening.decode import Decoded, decode_payloads
 from otelgate.screening.model import WINDOW_WORDS, InjectionModel, load_model
 from otelgate.screening.normalize import Normalized, normalize
+from otelgate.screening.structure import is_structured
 
 REDACTION = "[otelgate: removed suspected prompt injection]"
 MODEL_RULE_ID = "model:injection"
@@ -794,12 +795,14 @@ class Screener:
             p = self.model.score(tokens, distinct)
             floor = self.model.floor
             model_part = self.model.scale * max(0.0, p - floor) / (1.0 - floor)
-            if long or len(tokens) > WINDOW_WORDS:
+            cap = LONG_TEXT_MODEL_SHARE * self.threshold
+            if model_part > cap and (long or len(tokens) > WINDOW_WORDS or is_structured(text)):
                 # Longer than one window (a document, a tool result): the classifier, trained mostly on prompts,
                 # may tip rule evidence over the threshold but not flag alone. Alone it flagged 15-30 % of
                 # ordinary source files, READMEs and package metadata (bench/screening_benign_docs.py): the most
-                # suspicious of many windows of unfamiliar text is too often "confident".
-                model_part = min(model_part, LONG_TEXT_MODEL_SHARE * self.threshold)
+                # suspicious of many windows of unfamiliar text is too often "confident". The same for structured
+                # data (configuration files, JSON): keys without the sentences around them (structure.py).
+                model_part = cap
             if model_part > 0.0:
                 evidence[MODEL_RULE_ID] = (model_part, "classifier")
         return evidence, model_part

@@ -1,0 +1,36 @@
+"""Whether a text is structured data or code (a configuration file, JSON, a listing) rather than prose.
+
+The classifier was trained on prompts and sentences: in a configuration file its words (``system:``,
+``ADMIN_USER=``, ``override: false``, ``prompt = "$ "``) come without the sentences that would tell an instruction
+from a key, and it called 8 of 10 ordinary configuration files injections (round 7). On such text it may tip rule
+evidence over the threshold but not flag alone, as on long texts; the rules still read every value.
+"""
+
+from __future__ import annotations
+
+import re
+
+# A line of structured text: a list item, comment or bullet; "key: value" / "key = value" / "KEY=value"; an INI or
+# TOML section; a line that only opens or closes brackets; a markup tag; a call; a shell or REPL prompt.
+_STRUCTURED_LINE = re.compile(
+    r"""\s*(?:[-*#;/]|[\w.\-"'$@]+\s*[:=]|\[[^\]\n]*\]\s*$|[{}\[\](),]|</?[\w!?]|\w+\s*\(|\$ |>>>|\.\.\.\s)"""
+)
+MIN_LINES = 3
+SHARE = 0.7
+
+
+def is_structured(text: str) -> bool:
+    """At least MIN_LINES non-blank lines, and at least SHARE of them structured."""
+    if text.count("\n") < MIN_LINES - 1:
+        return False
+    lines = [line for line in text.split("\n") if line.strip()]
+    if len(lines) < MIN_LINES:
+        return False
+    need = SHARE * len(lines)
+    hits = 0
+    for line in lines:
+        if _STRUCTURED_LINE.match(line):
+            hits += 1
+            if hits >= need:
+                return True
+    return False
