@@ -11,9 +11,15 @@ from __future__ import annotations
 import re
 
 # A line of structured text: a list item, comment or bullet; "key: value" / "key = value" / "KEY=value"; an INI or
-# TOML section; a line that only opens or closes brackets; a markup tag; a call; a shell or REPL prompt.
+# TOML section; a line that only opens or closes brackets; a markup tag; a call; a shell or REPL prompt;
 _STRUCTURED_LINE = re.compile(
-    r"""\s*(?:[-*#;/]|[\w.\-"'$@]+\s*[:=]|\[[^\]\n]*\]\s*$|[{}\[\](),]|</?[\w!?]|\w+\s*\(|\$ |>>>|\.\.\.\s)"""
+    r"""\s*(?:[-*#;/]|[\w.\-"'$@]+\s*[:=]|\[[^\]\n]*\]\s*$|[{}\[\](),]|</?[\w!?]|\w+\s*\(|\$ |>>>|\.\.\.\s"""
+    # and a line of code (Python, JavaScript, Go, Rust, Java, C) that prose does not start like: "If you ..." or
+    # "For example ..." are prose, "if x:" and "for (i = 0; ..." are code
+    r"""|(?:async\s+)?(?:def|class|function|fn|func|struct|impl|interface)\s+\w+"""
+    r"""|(?:import|package|use)\s+[\w.:/{}*, ]+;?\s*$|from\s+[\w.]+\s+import\b"""
+    r"""|(?:return|const|let|var|await|raise|yield|throw)\b[^\n]*(?:[;)\]}]|\w\(|[=+*/%<>])[^\n]*$"""
+    r"""|(?:if|elif|else|while|for|with|try|except|finally)\b[^\n]*:\s*(?:#[^\n]*)?$|(?:if|while|for|switch)\s*\()"""
 )
 MIN_LINES = 3
 SHARE = 0.7
