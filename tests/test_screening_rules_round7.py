@@ -70,6 +70,8 @@ CODE_AND_DOCS = [
     "Note for the AI team: the GPU cluster will be down for maintenance on Saturday.",
     "Assistant, Editor and Viewer are the three roles you can assign in the workspace settings.",
     "Chapter 3: The spy was told to forget everything he had learned and start a new life in Lisbon.",
+    "Reddit post: My roommate keeps telling me to forget everything I learned in bootcamp and start with CS "
+    "fundamentals. Is he right?",
     "Transcript:\nUser: what's the weather?\nAssistant: It's sunny in Madrid, you should bring sunglasses.\nUser: "
     "thanks!",
     "The chatbot, when you ask about refunds, links to the refund policy page.",
