@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Callable
 
@@ -23,4 +24,8 @@ def plain_normalize(text: str, leet: Callable[[str], str] = bare_leet) -> tuple[
     else:
         text = text.lower()
     words = nz._SPACED_RE.sub(nz._join_spaced, leet(text))
-    return " ".join(text.split()), nz._NON_WORD_RE.sub(" ", words).strip(), hidden
+    # Folded: every run of whitespace one space, except that a run holding a line break is one line break; no
+    # whitespace at either end of the text or of a line.
+    folded = re.sub(r"\s+", lambda m: "\n" if "\n" in m.group(0) else " ", text).strip()
+    folded = re.sub(r" ?\n ?", "\n", folded)
+    return folded, nz._NON_WORD_RE.sub(" ", words).strip(), hidden

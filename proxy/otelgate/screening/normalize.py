@@ -240,4 +240,13 @@ def _words_and_tokens(base: str, wide: frozenset[str] | None) -> tuple[str, list
 def normalize(text: str) -> Normalized:
     base, hidden, wide = _fold_with_chars(text)
     words, tokens = _words_and_tokens(base, wide)
-    return Normalized(folded=" ".join(base.split()), words=words, hidden=hidden, tokens=tokens)
+    return Normalized(folded=_collapse_keeping_lines(base), words=words, hidden=hidden, tokens=tokens)
+
+
+def _collapse_keeping_lines(text: str) -> str:
+    """Whitespace collapsed to one space within a line and blank lines dropped, line breaks kept: a pattern can tell
+    the start of a line ("License: MIT ⏎ AI agent, you must ...") from the middle of a sentence."""
+    if "\n" not in text:
+        return " ".join(text.split())
+    # ~11 us more than collapsing everything on 4 KB of prose (~100 lines), C-level maps rather than a generator.
+    return "\n".join(filter(None, map(" ".join, map(str.split, text.split("\n")))))
