@@ -79,7 +79,10 @@ class Sessions:
         if previous is not None:
             session = self._by_response.get(previous)
             if session is None and self.shared is not None:
-                session = await self.shared.recall(NOTE_PREFIX + previous)
+                try:
+                    session = await self.shared.recall(NOTE_PREFIX + previous)
+                except Exception as exc:  # the note only helps: without it the request goes on, as below
+                    log.warning("could not read the session of %s from the store: %s", previous[:64], exc)
             if session is not None:
                 ctx.session_id, ctx.session_source = session, "previous_response"
                 return
