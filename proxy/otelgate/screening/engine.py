@@ -151,8 +151,9 @@ def _top_level_alternation(src: str) -> bool:
     return len(_split_top(src)) > 1
 
 
-# Literal text at the start of a regex: letters and digits of any script, spaces and hyphens.
-_LITERAL_RE = re.compile(r"(?:[^\W_]|[ ,-])*")  # a comma ends no head: "ai," is one (folded view)
+# Literal text at the start of a regex: letters and digits of any script, spaces, hyphens and commas (a
+# folded-view head may end in one: the vocative "assistant,").
+_LITERAL_RE = re.compile(r"(?:[^\W_]|[ ,-])*")
 
 
 def _scan(src: str, start: int = 0) -> Iterator[tuple[int, str, int]]:
