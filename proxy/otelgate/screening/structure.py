@@ -8,6 +8,7 @@ evidence over the threshold but not flag alone, as on long texts; the rules stil
 
 from __future__ import annotations
 
+import json
 import re
 
 # A line of structured text: a list item, comment or bullet; "key: value" / "key = value" / "KEY=value"; an INI or
@@ -26,9 +27,9 @@ SHARE = 0.7
 
 
 def is_structured(text: str) -> bool:
-    """At least MIN_LINES non-blank lines, and at least SHARE of them structured."""
+    """A JSON document, or at least MIN_LINES non-blank lines of which at least SHARE are structured."""
     if text.count("\n") < MIN_LINES - 1:
-        return False
+        return _is_json(text)
     lines = [line for line in text.split("\n") if line.strip()]
     if len(lines) < MIN_LINES:
         return False
@@ -40,3 +41,15 @@ def is_structured(text: str) -> bool:
             if hits >= need:
                 return True
     return False
+
+
+def _is_json(text: str) -> bool:
+    """A JSON object or array on one line or a few (an API's answer, a list of flags)."""
+    stripped = text.strip()
+    if not stripped or stripped[0] not in "{[":
+        return False
+    try:
+        json.loads(stripped)
+    except ValueError:
+        return False
+    return True
