@@ -51,3 +51,22 @@ async def test_a_failing_store_costs_the_continuation_its_session_not_the_reques
     opening = _ctx({"model": "m", "input": "Count the files."})
     await Sessions(shared=BrokenNotes()).resolve(opening, OPENAI)
     assert opening.session_source == "hash"
+
+
+async def test_shutdown_waits_for_the_notes_still_on_their_way() -> None:
+    """The last answers' notes reach the store before it closes (app cleanup awaits Sessions.close)."""
+    import asyncio
+
+    class SlowNotes(Notes):
+        async def remember(self, name: str, value: str, ttl_seconds: float) -> None:
+            await asyncio.sleep(0)  # a store round trip: the note lands on a later turn of the loop
+            await super().remember(name, value, ttl_seconds)
+
+    notes = SlowNotes()
+    sessions = Sessions(shared=notes)
+    ctx = SimpleNamespace(result=SimpleNamespace(response_id="resp_9"), session_id="conv-9", json={"input": "x"},
+                          provider=SimpleNamespace(continuable=lambda route, body: True), route=None)
+    sessions.remember(ctx)  # type: ignore[arg-type]
+    assert notes.notes == {}
+    await sessions.close()
+    assert notes.notes == {NOTE_PREFIX + "resp_9": "conv-9"}
